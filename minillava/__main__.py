@@ -1,0 +1,5 @@
+import sys
+
+from minillava.cli import main
+
+sys.exit(main())

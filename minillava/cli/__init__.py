@@ -1,0 +1,30 @@
+"""The `minillava` command: parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from minillava.cli import data, model
+
+GROUPS = (model, data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minillava", description="LLaVA-style vision-language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"minillava {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,55 @@
+"""`minillava data check` and `minillava data synth`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from minillava.data.formats import FORMATS
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="check and make data sets")
+    verbs = data.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    check = verbs.add_parser("check", help="validate every sample of a data file (no model needed)")
+    check.add_argument("data", help="a LLaVA / LLaVA-Pretrain / ShareGPT file (.json or .jsonl)")
+    check.add_argument("--image-root", default=None, help="folder the image paths are relative to "
+                       "(default: the data file's folder)")
+    check.add_argument("--format", default="auto", choices=["auto", *FORMATS])
+    check.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this")
+    check.add_argument("--json", action="store_true", help="print the bad samples as a JSON array")
+    check.set_defaults(run=run_check)
+
+    synth = verbs.add_parser("synth", help="generate a synthetic data set")
+    kinds = synth.add_subparsers(dest="kind", required=True, metavar="KIND")
+    shapes = kinds.add_parser("shapes", help="images of 1-4 coloured shapes with captions and questions")
+    shapes.add_argument("--out", required=True)
+    shapes.add_argument("--n", type=int, default=1000, help="number of images")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--image-size", type=int, default=224)
+    shapes.set_defaults(run=run_synth_shapes)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from minillava.data.images import DEFAULT_MAX_PIXELS
+    from minillava.data.validate import check_file
+
+    report = check_file(args.data, args.image_root, fmt=args.format,
+                        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, show_progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=1))
+    else:
+        for error in report.errors:
+            print(error.describe())
+    print(f"{report.total - len(report.errors)} of {report.total} samples are good", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def run_synth_shapes(args: argparse.Namespace) -> int:
+    from minillava.data.synth import synthesize_shapes
+
+    path = synthesize_shapes(args.out, args.n, seed=args.seed, image_size=args.image_size, show_progress=True)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,70 @@
+"""`minillava init` and `minillava generate`."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    init = commands.add_parser("init", help="write a new model folder from a vision encoder and a language model")
+    init.add_argument("--vision", default="efficientnet-lite0",
+                      help="efficientnet-lite0 (embedded), or a CLIP/SigLIP/DINOv2 folder or hub id")
+    init.add_argument("--llm", default="smollm2-135m-instruct",
+                      help="smollm2-135m-instruct (embedded), or a causal LM folder or hub id")
+    init.add_argument("--projector", default="mlp2x_gelu",
+                      help="linear, mlp{N}x_gelu, or pixel_shuffle_mlp2x_gelu")
+    init.add_argument("--feature-layer", type=int, nargs="+", default=[-2],
+                      help="hidden-state index of the tower (several: concatenated)")
+    init.add_argument("--select", choices=["default", "full"], default="default",
+                      help="default drops the CLS token, full keeps it")
+    init.add_argument("--image-aspect", choices=["pad", "crop", "squash"], default="pad")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--out", required=True, help="the model folder to write")
+    init.set_defaults(run=run_init)
+
+    gen = commands.add_parser("generate", help="answer one prompt about an image")
+    gen.add_argument("--model", required=True, help="a model folder")
+    gen.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--system", default=None, help="a system message")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    gen.add_argument("--no-stream", action="store_true", help="print the reply at the end, not as it comes")
+    gen.set_defaults(run=run_generate)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from minillava.model import MiniLlava
+
+    layer = args.feature_layer[0] if len(args.feature_layer) == 1 else args.feature_layer
+    model = MiniLlava.from_components(args.vision, args.llm, args.projector, seed=args.seed,
+                                      feature_layer=layer, select=args.select, image_aspect=args.image_aspect)
+    model.save_pretrained(args.out)
+    print(f"wrote {args.out}: {args.vision} -> {args.projector} -> {args.llm}, "
+          f"{model.tokens_per_image} tokens per image")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from minillava.model import GenerationConfig, MiniLlava, build_prompt
+
+    model = MiniLlava.from_pretrained(args.model, dtype=DTYPES[args.dtype])
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop,
+                              seed=args.seed)
+    run = model.stream([build_prompt(args.prompt, args.image, system=args.system)], config)
+    for deltas in run:
+        if not args.no_stream:
+            print(deltas[0], end="", flush=True)
+    print(run.results[0].text if args.no_stream else "")
+    return 0

@@ -1,0 +1,1 @@
+"""Data: formats -> Conversation -> token ids, labels and image slots -> batches."""

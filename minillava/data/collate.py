@@ -1,0 +1,86 @@
+"""Batches: pad to the longest sample in the batch; group samples of similar length."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Sampler
+
+from minillava.data.tokenize import IGNORE_INDEX
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L), 1 for real tokens
+    labels: torch.Tensor | None  # (B, L), IGNORE_INDEX where nothing is learned
+    pixel_values: torch.Tensor | None  # (total images in the batch, 3, H, W), in sample order
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values))
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    longest = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), longest), value, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            if left:
+                out[row, longest - len(seq):] = torch.as_tensor(seq)
+            else:
+                out[row, : len(seq)] = torch.as_tensor(seq)
+    return out
+
+
+def collate(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None, pad_token_id: int,
+            pixel_values: Sequence[torch.Tensor], left_pad: bool = False) -> Batch:
+    """Token lists of one batch -> padded tensors; `pixel_values` holds each sample's (n_i, 3, H, W)."""
+    ids = pad_sequences(input_ids, pad_token_id, left=left_pad)
+    mask = pad_sequences([[1] * len(s) for s in input_ids], 0, left=left_pad)
+    lab = None if labels is None else pad_sequences(labels, IGNORE_INDEX, left=left_pad)
+    images = [p for p in pixel_values if p is not None and len(p)]
+    pixels = torch.cat(images) if images else None
+    return Batch(ids, mask, lab, pixels)
+
+
+class LengthGroupedSampler(Sampler[list[int]]):
+    """Batches of similar length: shuffle, cut into mega-batches, sort each by length, batch, shuffle batches.
+
+    Padding shrinks to the spread inside a mega-batch instead of the data set's global maximum.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_factor: int = 16,
+                 drop_last: bool = False):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega = batch_size * mega_batch_factor
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches: list[list[int]] = []
+        for start in range(0, len(order), self.mega):
+            mega = sorted(order[start : start + self.mega], key=lambda i: -self.lengths[i])
+            batches += [mega[i : i + self.batch_size] for i in range(0, len(mega), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full if self.drop_last or not rest else full + 1

@@ -1,0 +1,295 @@
+"""Read data files (LLaVA, LLaVA-Pretrain, ShareGPT) into Conversation, one record at a time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .conversation import IMAGE_PLACEHOLDER, Conversation, Role, SampleError, Turn
+
+# A format turns one JSON object into a Conversation whose images are still the raw path strings;
+# parse_record does the checks shared by all formats (paths, placeholders, replies).
+FormatParser = Callable[[dict[str, Any]], Conversation]
+FORMATS: dict[str, FormatParser] = {}
+
+
+def register_format(name: str) -> Callable[[FormatParser], FormatParser]:
+    def add(parser: FormatParser) -> FormatParser:
+        if name in FORMATS:
+            raise ValueError(f"data format {name!r} is already registered")
+        FORMATS[name] = parser
+        return parser
+
+    return add
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read at all (missing, not JSON, wrong top-level shape)."""
+
+
+@dataclass(frozen=True)
+class InvalidLine:
+    """A JSONL line that is not valid JSON; kept as a record so it is reported, not dropped."""
+
+    line: int
+    message: str
+
+
+def read_records(path: str | Path) -> list[Any]:
+    """The records of a `.json` list or a `.jsonl` file (bad JSONL lines become InvalidLine)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"data file {str(path)!r} not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataFileError(f"data file {str(path)!r} cannot be read as UTF-8 text: {err}") from None
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataFileError(f"data file {str(path)!r}: expected a .json or .jsonl file, got {path.suffix!r}")
+    return reader(text, path)
+
+
+def _read_json(text: str, path: Path) -> list[Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFileError(
+            f"data file {str(path)!r} is not valid JSON ({err}); if it holds one object per line, "
+            "name it .jsonl"
+        ) from None
+    if not isinstance(data, list):
+        raise DataFileError(f"data file {str(path)!r} must hold a JSON list of records, got {_kind(data)}")
+    return data
+
+
+def _read_jsonl(text: str, path: Path) -> list[Any]:
+    records: list[Any] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines (often a trailing one) are not records
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            records.append(InvalidLine(number, str(err)))
+    bad = [r for r in records if isinstance(r, InvalidLine)]
+    if bad and _is_json(text):  # a pretty-printed JSON list saved as .jsonl
+        raise DataFileError(f"data file {str(path)!r} holds one JSON document, not JSON Lines; name it .json")
+    if bad and len(bad) == len(records):
+        raise DataFileError(
+            f"data file {str(path)!r} is not JSON Lines (line {bad[0].line}: {bad[0].message})"
+        )
+    return records
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+_READERS: dict[str, Callable[[str, Path], list[Any]]] = {".json": _read_json, ".jsonl": _read_jsonl}
+
+
+def detect_format(record: Any) -> str:
+    """The format of one record: `messages` -> "sharegpt", `conversations` -> "llava".
+
+    "llava-pretrain" is never guessed: it changes what is learned, so it must be asked for.
+    """
+    if not isinstance(record, dict):
+        raise SampleError(f"record is not a JSON object (got {_kind(record)})")
+    has_messages, has_conversations = "messages" in record, "conversations" in record
+    if has_messages and has_conversations:
+        raise SampleError("record has both 'messages' and 'conversations'; pass the format explicitly")
+    if has_messages:
+        return "sharegpt"
+    if has_conversations:
+        return "llava"
+    keys = ", ".join(repr(k) for k in list(record)[:8]) or "none"
+    raise SampleError(f"cannot tell the format: no 'conversations' or 'messages' key (keys: {keys})")
+
+
+def parse_record(
+    record: Any, fmt: str, image_root: str | Path, *, source: str = "", index: int = 0
+) -> Conversation:
+    """One record as a Conversation with resolved image Paths, or a SampleError naming source[index] (id)."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; known: 'auto', {_known(FORMATS)}")
+    sample_id = record_id(record)
+    try:
+        return _parse(record, fmt, Path(image_root), sample_id or str(index))
+    except SampleError as err:
+        raise SampleError(err.reason, source=source, index=index, sample_id=sample_id) from None
+
+
+def record_id(record: Any) -> str:
+    """The record's own id as a string, or "" when it has none."""
+    if isinstance(record, dict) and record.get("id") is not None:
+        return str(record["id"])
+    return ""
+
+
+def load_conversations(
+    path: str | Path, fmt: str = "auto", image_root: str | Path | None = None
+) -> tuple[list[Conversation], list[SampleError]]:
+    """Every record of a data file, as a Conversation or as the SampleError that says why it is unusable."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; known: 'auto', {_known(FORMATS)}")
+    root = Path(path).parent if image_root is None else Path(image_root)
+    conversations: list[Conversation] = []
+    errors: list[SampleError] = []
+    for index, record in enumerate(read_records(path)):
+        try:
+            conversations.append(parse_record(record, fmt, root, source=str(path), index=index))
+        except SampleError as err:
+            errors.append(err)
+    return conversations, errors
+
+
+def _parse(record: Any, fmt: str, image_root: Path, conv_id: str) -> Conversation:
+    if isinstance(record, InvalidLine):
+        raise SampleError(f"line {record.line} is not valid JSON: {record.message}")
+    if not isinstance(record, dict):
+        raise SampleError(f"record is not a JSON object (got {_kind(record)})")
+    name = detect_format(record) if fmt == "auto" else fmt
+    conv = FORMATS[name](record)
+    _check_turns(conv)
+    _check_placeholders(conv)
+    conv.images = [_resolve_image(image, image_root) for image in conv.images]
+    conv.id = conv_id
+    return conv
+
+
+def _check_turns(conv: Conversation) -> None:
+    replies = [i for i, t in enumerate(conv.turns) if t.role == "assistant"]
+    if not replies:
+        raise SampleError("no assistant reply to learn from")
+    for k, i in enumerate(replies, start=1):
+        if not conv.turns[i].content.strip():
+            raise SampleError(f"assistant reply {k} of {len(replies)} is empty")
+    for turn in conv.turns:
+        if turn.role != "user" and IMAGE_PLACEHOLDER in turn.content:
+            raise SampleError(f"{IMAGE_PLACEHOLDER} in a {turn.role} turn; images belong in user turns")
+
+
+def _check_placeholders(conv: Conversation) -> None:
+    markers, images = conv.num_placeholders, len(conv.images)
+    if markers == images:
+        return
+    found = f"{_count(markers, IMAGE_PLACEHOLDER + ' placeholder')} but {_count(images, 'image')}"
+    if images == 0:
+        fix = f"list the image files or remove the {IMAGE_PLACEHOLDER} markers"
+    elif markers == 0:
+        fix = f"put one {IMAGE_PLACEHOLDER} per image in the user text, e.g. '{IMAGE_PLACEHOLDER}\\n...'"
+    else:
+        fix = f"write exactly one {IMAGE_PLACEHOLDER} per image, in the order the images are listed"
+    raise SampleError(f"{found}; {fix}")
+
+
+def _resolve_image(image: Any, root: Path) -> Path:
+    relative = Path(image)
+    try:
+        resolved = (relative if relative.is_absolute() else root / relative).resolve()  # follows symlinks, ..
+    except (OSError, RuntimeError, ValueError) as err:  # symlink loops, NUL bytes
+        raise SampleError(f"image path {str(image)!r} cannot be resolved: {err}") from None
+    root = root.resolve()
+    if not resolved.is_relative_to(root):
+        raise SampleError(
+            f"image path {str(image)!r} resolves to {str(resolved)!r}, outside the image root {str(root)!r}; "
+            "move the image under the root or pass a different image_root"
+        )
+    return resolved
+
+
+# ---- formats -----------------------------------------------------------------------------------------
+
+_LLAVA_ROLES: dict[str, Role] = {"human": "user", "gpt": "assistant", "system": "system"}
+_SHAREGPT_ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+@register_format("llava")
+def parse_llava(record: dict[str, Any]) -> Conversation:
+    turns = _read_turns(record, "conversations", "from", "value", _LLAVA_ROLES)
+    return Conversation(turns=turns, images=_image_names(record, "image"))
+
+
+@register_format("llava-pretrain")
+def parse_llava_pretrain(record: dict[str, Any]) -> Conversation:
+    turns = _read_turns(record, "conversations", "from", "value", _LLAVA_ROLES)
+    if [t.role for t in turns] != ["user", "assistant"]:
+        got = ", ".join(t.role for t in turns)
+        raise SampleError(
+            f"llava-pretrain expects one human turn then one gpt turn (the caption), got: {got}"
+        )
+    # The plain template keeps only the images as the prompt: the instruction text is dropped.
+    prompt = IMAGE_PLACEHOLDER * turns[0].content.count(IMAGE_PLACEHOLDER)
+    return Conversation(
+        turns=[Turn("user", prompt), Turn("assistant", turns[1].content)],
+        images=_image_names(record, "image"),
+        template="plain",
+    )
+
+
+@register_format("sharegpt")
+def parse_sharegpt(record: dict[str, Any]) -> Conversation:
+    turns = _read_turns(record, "messages", "role", "content", _SHAREGPT_ROLES)
+    system = record.get("system")  # LLaMA-Factory's optional top-level system prompt
+    if system is not None:
+        if not isinstance(system, str):
+            raise SampleError(f"'system' must be a string, got {_kind(system)}")
+        turns.insert(0, Turn("system", system))
+    return Conversation(turns=turns, images=_image_names(record, "images"))
+
+
+def _read_turns(
+    record: dict[str, Any], key: str, role_key: str, text_key: str, roles: dict[str, Role]
+) -> list[Turn]:
+    items = record.get(key)
+    if items is None:
+        raise SampleError(f"missing {key!r} list")
+    if not isinstance(items, list):
+        raise SampleError(f"{key!r} must be a list of turns, got {_kind(items)}")
+    if not items:
+        raise SampleError(f"{key!r} is empty")
+    turns = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or role_key not in item or text_key not in item:
+            raise SampleError(f"{where} is not an object with {role_key!r} and {text_key!r}")
+        role, text = item[role_key], item[text_key]
+        if not isinstance(text, str):
+            raise SampleError(f"{where} {text_key!r} must be a string, got {_kind(text)}")
+        if not isinstance(role, str) or role not in roles:
+            raise SampleError(f"{where} has unknown role {role!r} (known: {_known(roles)})")
+        turns.append(Turn(roles[role], text))
+    return turns
+
+
+def _image_names(record: dict[str, Any], key: str) -> list[str]:
+    value = record.get(key)
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SampleError(f"{key!r} must be a path string or a list of path strings, got {_kind(value)}")
+    if any(not n.strip() for n in names):
+        raise SampleError(f"{key!r} holds an empty image path")
+    return list(names)
+
+
+def _kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}
+    return kinds.get(type(value), "null" if value is None else f"a {type(value).__name__}")
+
+
+def _known(names: dict[str, Any]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -1,0 +1,148 @@
+"""Conversations -> token ids and labels, built turn by turn from separately tokenized pieces.
+
+Each turn's text is what the tokenizer's own chat template adds for it: the template is rendered for the
+first k and the first k+1 turns and the difference is turn k. Only assistant replies and their end-of-turn
+token are learned; everything else is IGNORE_INDEX. Every `<image>` becomes exactly `tokens_per_image` slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, SampleError, Turn
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be split into turns (a later render does not extend an earlier one)."""
+
+
+@dataclass
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]
+    images: list[ImageSource]  # the images whose slots are in input_ids, in order
+
+    @property
+    def num_labels(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+class ConversationEncoder:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_token_id: int, tokens_per_image: int,
+                 max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.image_token_id = image_token_id
+        self.tokens_per_image = tokens_per_image
+        self.max_length = max_length
+        self.special_ids = set(tokenizer.all_special_ids) - {image_token_id}
+        self.end_of_turn_id = self._find_end_of_turn()
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        """Text with `<image>` markers -> ids, each marker expanded into the image's slots."""
+        ids: list[int] = []
+        for i, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if i:
+                ids += [self.image_token_id] * self.tokens_per_image
+            if part:
+                ids += self.tokenizer.encode(part, add_special_tokens=False)
+        return ids
+
+    def render(self, turns: list[Turn], add_generation_prompt: bool = False) -> str:
+        if not turns:
+            return ""
+        messages = [{"role": t.role, "content": t.content} for t in turns]
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _extend(self, prefix: str, rendered: str, what: str) -> str:
+        if not rendered.startswith(prefix):
+            raise TemplateError(
+                f"the chat template renders {what} so that it does not extend the earlier turns; "
+                "turn-by-turn labels need a template whose renders only append (see README, chat templates)"
+            )
+        return rendered[len(prefix):]
+
+    def _reply_label_count(self, reply_ids: list[int]) -> int:
+        """Learn the reply through its first special token (end of turn); the whitespace after stays masked."""
+        for i, token in enumerate(reply_ids):
+            if token in self.special_ids:
+                return i + 1
+        return len(reply_ids)
+
+    def _find_end_of_turn(self) -> int | None:
+        turns = [Turn("user", "x"), Turn("assistant", "y")]
+        prompt = self.render(turns[:1], add_generation_prompt=True)
+        reply = self.tokenize(self._extend(prompt, self.render(turns), "a reply"))
+        count = self._reply_label_count(reply)
+        if count and reply[count - 1] in self.special_ids:
+            return reply[count - 1]
+        return self.tokenizer.eos_token_id
+
+    # -- whole conversations ------------------------------------------------------------------------------
+    def encode(self, conversation: Conversation, add_generation_prompt: bool = False) -> EncodedSample:
+        if conversation.template == "plain":
+            ids, labels = self._encode_plain(conversation)
+        else:
+            ids, labels = self._encode_chat(conversation.turns, add_generation_prompt)
+        num_slots = sum(1 for token in ids if token == self.image_token_id)
+        if num_slots != len(conversation.images) * self.tokens_per_image:
+            raise SampleError(
+                f"{conversation.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
+                f"{len(conversation.images)} images", sample_id=conversation.id
+            )
+        sample = EncodedSample(ids, labels, list(conversation.images))
+        return sample if add_generation_prompt else self._truncate(sample, conversation.id)
+
+    def _encode_chat(self, turns: list[Turn], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        done = ""
+        for k, turn in enumerate(turns):
+            if turn.role == "assistant":
+                with_header = self.render(turns[:k], add_generation_prompt=True)
+                header = self.tokenize(self._extend(done, with_header, f"turn {k}'s header"))
+                rendered = self.render(turns[: k + 1])
+                reply = self.tokenize(self._extend(with_header, rendered, f"turn {k}"))
+                learned = self._reply_label_count(reply)
+                ids += header + reply
+                labels += [IGNORE_INDEX] * len(header) + reply[:learned] + [IGNORE_INDEX] * (len(reply) - learned)
+            else:
+                rendered = self.render(turns[: k + 1])
+                piece = self.tokenize(self._extend(done, rendered, f"turn {k}"))
+                ids += piece
+                labels += [IGNORE_INDEX] * len(piece)
+            done = rendered
+        if add_generation_prompt:
+            piece = self.tokenize(self._extend(done, self.render(turns, add_generation_prompt=True), "the prompt"))
+            ids += piece
+            labels += [IGNORE_INDEX] * len(piece)
+        return ids, labels
+
+    def _encode_plain(self, conversation: Conversation) -> tuple[list[int], list[int]]:
+        """LLaVA-Pretrain: the image slots, then the caption and eos, which are learned."""
+        replies = [t.content for t in conversation.turns if t.role == "assistant"]
+        slots = [self.image_token_id] * (self.tokens_per_image * len(conversation.images))
+        caption = self.tokenizer.encode(" ".join(replies).strip(), add_special_tokens=False)
+        caption.append(self.tokenizer.eos_token_id)
+        return slots + caption, [IGNORE_INDEX] * len(slots) + caption
+
+    def _truncate(self, sample: EncodedSample, sample_id: str) -> EncodedSample:
+        if self.max_length is None or len(sample.input_ids) <= self.max_length:
+            return sample
+        cut = self.max_length
+        ids = sample.input_ids
+        # Never cut inside an image's slots: step back to where that image starts.
+        while cut > 0 and ids[cut - 1] == self.image_token_id and ids[cut] == self.image_token_id:
+            cut -= 1
+        kept_images = sum(1 for token in ids[:cut] if token == self.image_token_id) // self.tokens_per_image
+        truncated = EncodedSample(ids[:cut], sample.labels[:cut], sample.images[:kept_images])
+        if truncated.num_labels == 0:
+            raise SampleError(f"no assistant reply left after truncation to {self.max_length} tokens "
+                              "(raise max_length or shorten the sample)", sample_id=sample_id)
+        return truncated

@@ -1,0 +1,11 @@
+"""The model: vision encoder -> projector -> language model."""
+
+from minillava.model.config import MiniLlavaConfig, VisionConfig
+from minillava.model.generation import Generation, GenerationRun, build_prompt
+from minillava.model.llava import ForwardOutput, ImageSlotError, MiniLlava
+from minillava.model.sampling import GenerationConfig
+
+__all__ = [
+    "ForwardOutput", "Generation", "GenerationConfig", "GenerationRun", "ImageSlotError", "MiniLlava",
+    "MiniLlavaConfig", "VisionConfig", "build_prompt",
+]

@@ -1,0 +1,58 @@
+"""The model folder's readable config: which components, how they connect."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class VisionConfig:
+    name: str = "efficientnet-lite0"  # exact registry key: efficientnet-lite0, clip, siglip, dinov2
+    path: str | None = None  # folder or hub id of a Hugging Face tower
+    feature_layer: int | list[int] = -2  # hidden-state index; a list concatenates layers
+    select: str = "default"  # "default" drops the CLS token, "full" keeps every token
+    image_aspect: str = "pad"  # pad (LLaVA-1.5), crop, or squash
+    image_size: int | None = None  # None: the encoder's own size
+
+
+@dataclass
+class MiniLlavaConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: str = "mlp2x_gelu"
+    llm: str = "smollm2-135m-instruct"  # embedded name, folder (relative to the model folder) or hub id
+    image_token: str = "<image>"
+    image_token_id: int | None = None  # set once the tokenizer knows the token
+    max_length: int = 2048
+    stored: list[str] = field(default_factory=lambda: ["projector"])  # components saved in model.safetensors
+    version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MiniLlavaConfig:
+        data = dict(data)
+        version = data.get("version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"model folder format {version} is newer than this minillava ({FORMAT_VERSION})")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown keys in minillava config: {sorted(unknown)}")
+        data["vision"] = VisionConfig(**data.get("vision", {}))
+        return cls(**data)
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> MiniLlavaConfig:
+        path = Path(folder, CONFIG_NAME)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no minillava config (is {folder} a model folder from `minillava init`?)")
+        return cls.from_dict(json.loads(path.read_text()))

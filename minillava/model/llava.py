@@ -1,0 +1,194 @@
+"""MiniLlava: vision encoder -> projector -> language model, with one training forward."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from minillava.data.collate import Batch, collate
+from minillava.data.conversation import Conversation, ImageSource
+from minillava.data.images import load_images
+from minillava.data.tokenize import IGNORE_INDEX, ConversationEncoder
+from minillava.model.config import MiniLlavaConfig
+from minillava.model.generation import Generation, GenerationRun, build_prompt, generate, stream
+from minillava.model.language import load_language_model, load_tokenizer, resolve_llm
+from minillava.model.projectors import Projector, build_projector
+from minillava.model.sampling import GenerationConfig
+from minillava.model.vision import VISION_ENCODERS, VisionEncoder
+from minillava.model.vision.resolve import vision_config_for
+
+WEIGHTS_NAME = "model.safetensors"
+COMPONENTS = ("vision", "projector", "language_model")
+
+
+@dataclass
+class ForwardOutput:
+    loss: torch.Tensor | None  # mean cross-entropy over labelled positions
+    num_label_tokens: int
+    logits: torch.Tensor | None = None  # (B, L, V), only when asked for
+
+
+class ImageSlotError(ValueError):
+    """The number of `<image>` slots in the token ids differs from the number of image features."""
+
+
+class MiniLlava(nn.Module):
+    def __init__(self, config: MiniLlavaConfig, vision: VisionEncoder, projector: Projector,
+                 language_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        self.config = config
+        self.vision = vision
+        self.projector = projector
+        self.language_model = language_model
+        self.tokenizer = tokenizer
+        self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+        config.image_token_id = self.image_token_id
+        self.tokens_per_image = projector.num_tokens(vision.num_tokens)
+        self.encoder = ConversationEncoder(tokenizer, self.image_token_id, self.tokens_per_image,
+                                           config.max_length)
+
+    # -- building, saving, loading ------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: MiniLlavaConfig, dtype: torch.dtype = torch.float32,
+              base: str | Path | None = None, tokenizer_source: str | Path | None = None) -> MiniLlava:
+        """Load the pretrained components named in `config`; the projector starts from random weights."""
+        vision = VISION_ENCODERS.get(config.vision.name)(config.vision, dtype=dtype)
+        language_model = load_language_model(config.llm, dtype=dtype, base=base)
+        tokenizer = load_tokenizer(tokenizer_source or resolve_llm(config.llm, base), config.image_token)
+        width = language_model.get_input_embeddings().embedding_dim
+        projector = build_projector(config.projector, vision.hidden_size, width, vision.grid).to(dtype)
+        return cls(config, vision, projector, language_model, tokenizer)
+
+    @classmethod
+    def from_components(cls, vision: str = "efficientnet-lite0", llm: str = "smollm2-135m-instruct",
+                        projector: str = "mlp2x_gelu", seed: int = 0, dtype: torch.dtype = torch.float32,
+                        **vision_options) -> MiniLlava:
+        """A new model from an encoder and a language model (names, folders or hub ids)."""
+        config = MiniLlavaConfig(vision=vision_config_for(vision, **vision_options), projector=projector, llm=llm)
+        torch.manual_seed(seed)
+        return cls.build(config, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> MiniLlava:
+        folder = Path(folder)
+        config = MiniLlavaConfig.load(folder)
+        model = cls.build(config, dtype=dtype, base=folder, tokenizer_source=folder)
+        weights = folder / WEIGHTS_NAME
+        if weights.is_file():
+            stored = load_file(str(weights))
+            expected = set(model.stored_state())
+            if set(stored) != expected:
+                raise ValueError(f"{weights}: tensors differ from the components {config.stored}: missing "
+                                 f"{sorted(expected - set(stored))[:5]}, unexpected {sorted(set(stored) - expected)[:5]}")
+            model.load_state_dict(stored, strict=False)
+        return model.to(dtype)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = self.stored_state()
+        save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.config.save(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        """The tensors of the components in config.stored; tied tensors (embeddings = lm_head) once."""
+        for name in self.config.stored:
+            if name not in COMPONENTS:
+                raise ValueError(f"unknown component {name!r} in config.stored; known: {COMPONENTS}")
+        tensors: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for key, value in self.state_dict().items():
+            if key.split(".")[0] in self.config.stored and value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
+                tensors[key] = value.detach().contiguous()
+        return tensors
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.projector.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def prepare(self, conversations: Sequence[Conversation], add_generation_prompt: bool = False,
+                left_pad: bool = False) -> Batch:
+        """Tokenize conversations and load + preprocess their images into one padded batch."""
+        samples = [self.encoder.encode(c, add_generation_prompt=add_generation_prompt) for c in conversations]
+        pixels = [self.pixel_values(s.images) if s.images else None for s in samples]
+        labels = None if add_generation_prompt else [s.labels for s in samples]
+        return collate([s.input_ids for s in samples], labels, self.tokenizer.pad_token_id, pixels, left_pad)
+
+    def pixel_values(self, images: Sequence) -> torch.Tensor:
+        transform = self.vision.transform
+        return transform(load_images(images, background=transform.background))
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(n_images, 3, H, W) -> (n_images, tokens_per_image, LM width)."""
+        features = self.vision(pixel_values.to(self.device))
+        return self.projector(features.to(self.dtype))
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        slots = input_ids == self.image_token_id
+        embeddings = self.language_model.get_input_embeddings()(input_ids.masked_fill(slots, 0))
+        num_slots = int(slots.sum())
+        num_images = 0 if pixel_values is None else len(pixel_values)
+        if num_slots != num_images * self.tokens_per_image:
+            raise ImageSlotError(
+                f"{num_slots} image slots in the token ids but {num_images} images x "
+                f"{self.tokens_per_image} tokens per image = {num_images * self.tokens_per_image} features"
+            )
+        if num_images:
+            features = self.encode_images(pixel_values)
+            embeddings = embeddings.clone()
+            embeddings[slots] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
+        return embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                return_logits: bool = False) -> ForwardOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        embeddings = self.embed(input_ids, pixel_values)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.language_model.get_decoder()(
+            inputs_embeds=embeddings, attention_mask=attention_mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
+        logits = self.logits(hidden) if return_logits else None
+        if labels is None:
+            return ForwardOutput(None, 0, logits)
+        # Project to the vocabulary only where a label is learned: most positions are prompt or image slots.
+        targets = labels[:, 1:]
+        learned = targets != IGNORE_INDEX
+        num = int(learned.sum())
+        picked = self.logits(hidden[:, :-1][learned])
+        loss = F.cross_entropy(picked.float(), targets[learned], reduction="mean") if num else hidden.sum() * 0
+        return ForwardOutput(loss, num, logits)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.language_model.get_output_embeddings()(hidden)
+        cap = getattr(self.language_model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    # -- generation ---------------------------------------------------------------------------------------
+    def generate(self, conversations: Sequence[Conversation], config: GenerationConfig | None = None
+                 ) -> list[Generation]:
+        return generate(self, conversations, config)
+
+    def stream(self, conversations: Sequence[Conversation], config: GenerationConfig | None = None
+               ) -> GenerationRun:
+        return stream(self, conversations, config)
+
+    def ask(self, text: str, images: Sequence[ImageSource] = (), **options) -> str:
+        """One question about zero or more images; options are GenerationConfig fields."""
+        return self.generate([build_prompt(text, images)], GenerationConfig(**options))[0].text
