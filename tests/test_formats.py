@@ -53,9 +53,7 @@ def parse_error(record: Any, fmt: str = "auto", root: Path | str = "/data", inde
 
 
 def test_llava_roles_images_and_id(tmp_path: Path) -> None:
-    record = llava(
-        ("system", "Be brief."), ("human", "<image>\nWhat is it?"), ("gpt", "A cat."), image="img/1.jpg"
-    )
+    record = llava(("system", "Be brief."), ("human", "<image>\nWhat is it?"), ("gpt", "A cat."), image="img/1.jpg")
     conv = parse(record, root=tmp_path)
     assert conv.turns == [
         Turn("system", "Be brief."),
@@ -81,9 +79,7 @@ def test_llava_image_list_and_multi_turn(tmp_path: Path) -> None:
 
 
 def test_llava_pretrain_is_plain_and_drops_the_instruction(tmp_path: Path) -> None:
-    record = llava(
-        ("human", "Render a clear and concise summary of the photo.\n<image>"), ("gpt", "a red bus")
-    )
+    record = llava(("human", "Render a clear and concise summary of the photo.\n<image>"), ("gpt", "a red bus"))
     record["image"] = "00000/000000012.jpg"
     conv = parse(record, "llava-pretrain", tmp_path)
     assert conv.template == "plain"
@@ -125,9 +121,10 @@ def test_unknown_format_name_is_a_caller_error() -> None:
 
 
 def test_registry_is_exact_names_and_refuses_duplicates() -> None:
-    assert set(FORMATS) >= {"llava", "llava-pretrain", "sharegpt"}
-    with pytest.raises(ValueError, match="already registered"):
-        register_format("llava")(FORMATS["llava"])
+    assert {"llava", "llava-pretrain", "sharegpt"} <= set(FORMATS.names())
+    assert "LLaVA" not in FORMATS
+    with pytest.raises(KeyError, match="registered twice"):
+        register_format("llava")(FORMATS.get("llava"))
 
 
 # ---- valid edge cases -------------------------------------------------------------------------------
@@ -189,7 +186,7 @@ def test_absolute_path_inside_the_root_is_allowed(tmp_path: Path) -> None:
             llava(("human", "<image> hi"), ("gpt", "x")),
             "1 <image> placeholder but 0 images; list the image files or remove",
         ),
-        (llava(("human", "<image>"), ("gpt", "<image>"), image="a.png"), "<image> in a assistant turn"),
+        (llava(("human", "<image>"), ("gpt", "<image>"), image="a.png"), "<image> in assistant text; images belong in user turns"),
         (llava(("human", "<image>"), ("gpt", "x"), image=""), "'image' holds an empty image path"),
         (llava(("human", "<image>"), ("gpt", "x"), image=3), "'image' must be a path string or a list"),
     ],
@@ -345,7 +342,7 @@ record_like = st.dictionaries(keys, json_values, max_size=4)
 
 
 @settings(max_examples=300, deadline=None)
-@given(record=json_values | record_like, fmt=st.sampled_from(["auto", *sorted(FORMATS)]))
+@given(record=json_values | record_like, fmt=st.sampled_from(["auto", *FORMATS.names()]))
 def test_any_json_gives_a_conversation_or_a_sample_error(record: Any, fmt: str) -> None:
     try:
         conv = parse_record(record, fmt, "/data", source="x.json", index=0)

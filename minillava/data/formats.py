@@ -8,22 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..registry import Registry
 from .conversation import IMAGE_PLACEHOLDER, Conversation, Role, SampleError, Turn
 
 # A format turns one JSON object into a Conversation whose images are still the raw path strings;
 # parse_record does the checks shared by all formats (paths, placeholders, replies).
 FormatParser = Callable[[dict[str, Any]], Conversation]
-FORMATS: dict[str, FormatParser] = {}
-
-
-def register_format(name: str) -> Callable[[FormatParser], FormatParser]:
-    def add(parser: FormatParser) -> FormatParser:
-        if name in FORMATS:
-            raise ValueError(f"data format {name!r} is already registered")
-        FORMATS[name] = parser
-        return parser
-
-    return add
+FORMATS: Registry[FormatParser] = Registry("data format")
+register_format = FORMATS.register
 
 
 class DataFileError(ValueError):
@@ -58,8 +50,7 @@ def _read_json(text: str, path: Path) -> list[Any]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataFileError(
-            f"data file {str(path)!r} is not valid JSON ({err}); if it holds one object per line, "
-            "name it .jsonl"
+            f"data file {str(path)!r} is not valid JSON ({err}); if it holds one object per line, name it .jsonl"
         ) from None
     if not isinstance(data, list):
         raise DataFileError(f"data file {str(path)!r} must hold a JSON list of records, got {_kind(data)}")
@@ -79,9 +70,7 @@ def _read_jsonl(text: str, path: Path) -> list[Any]:
     if bad and _is_json(text):  # a pretty-printed JSON list saved as .jsonl
         raise DataFileError(f"data file {str(path)!r} holds one JSON document, not JSON Lines; name it .json")
     if bad and len(bad) == len(records):
-        raise DataFileError(
-            f"data file {str(path)!r} is not JSON Lines (line {bad[0].line}: {bad[0].message})"
-        )
+        raise DataFileError(f"data file {str(path)!r} is not JSON Lines (line {bad[0].line}: {bad[0].message})")
     return records
 
 
@@ -114,17 +103,21 @@ def detect_format(record: Any) -> str:
     raise SampleError(f"cannot tell the format: no 'conversations' or 'messages' key (keys: {keys})")
 
 
-def parse_record(
-    record: Any, fmt: str, image_root: str | Path, *, source: str = "", index: int = 0
-) -> Conversation:
+def parse_record(record: Any, fmt: str, image_root: str | Path, *, source: str = "", index: int = 0) -> Conversation:
     """One record as a Conversation with resolved image Paths, or a SampleError naming source[index] (id)."""
-    if fmt != "auto" and fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; known: 'auto', {_known(FORMATS)}")
+    check_format_name(fmt)
     sample_id = record_id(record)
     try:
         return _parse(record, fmt, Path(image_root), sample_id or str(index))
     except SampleError as err:
         raise SampleError(err.reason, source=source, index=index, sample_id=sample_id) from None
+
+
+def check_format_name(fmt: str) -> None:
+    """ValueError for a format name that is neither "auto" nor registered (a caller error, not a sample's)."""
+    if fmt != "auto" and fmt not in FORMATS:
+        known = ", ".join(repr(n) for n in ["auto", *FORMATS.names()])
+        raise ValueError(f"unknown data format {fmt!r}; known: {known}")
 
 
 def record_id(record: Any) -> str:
@@ -138,8 +131,7 @@ def load_conversations(
     path: str | Path, fmt: str = "auto", image_root: str | Path | None = None
 ) -> tuple[list[Conversation], list[SampleError]]:
     """Every record of a data file, as a Conversation or as the SampleError that says why it is unusable."""
-    if fmt != "auto" and fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; known: 'auto', {_known(FORMATS)}")
+    check_format_name(fmt)
     root = Path(path).parent if image_root is None else Path(image_root)
     conversations: list[Conversation] = []
     errors: list[SampleError] = []
@@ -157,7 +149,7 @@ def _parse(record: Any, fmt: str, image_root: Path, conv_id: str) -> Conversatio
     if not isinstance(record, dict):
         raise SampleError(f"record is not a JSON object (got {_kind(record)})")
     name = detect_format(record) if fmt == "auto" else fmt
-    conv = FORMATS[name](record)
+    conv = FORMATS.get(name)(record)
     _check_turns(conv)
     _check_placeholders(conv)
     conv.images = [_resolve_image(image, image_root) for image in conv.images]
@@ -174,7 +166,7 @@ def _check_turns(conv: Conversation) -> None:
             raise SampleError(f"assistant reply {k} of {len(replies)} is empty")
     for turn in conv.turns:
         if turn.role != "user" and IMAGE_PLACEHOLDER in turn.content:
-            raise SampleError(f"{IMAGE_PLACEHOLDER} in a {turn.role} turn; images belong in user turns")
+            raise SampleError(f"{IMAGE_PLACEHOLDER} in {turn.role} text; images belong in user turns")
 
 
 def _check_placeholders(conv: Conversation) -> None:
@@ -223,9 +215,7 @@ def parse_llava_pretrain(record: dict[str, Any]) -> Conversation:
     turns = _read_turns(record, "conversations", "from", "value", _LLAVA_ROLES)
     if [t.role for t in turns] != ["user", "assistant"]:
         got = ", ".join(t.role for t in turns)
-        raise SampleError(
-            f"llava-pretrain expects one human turn then one gpt turn (the caption), got: {got}"
-        )
+        raise SampleError(f"llava-pretrain expects one human turn then one gpt turn (the caption), got: {got}")
     # The plain template keeps only the images as the prompt: the instruction text is dropped.
     prompt = IMAGE_PLACEHOLDER * turns[0].content.count(IMAGE_PLACEHOLDER)
     return Conversation(
@@ -246,9 +236,7 @@ def parse_sharegpt(record: dict[str, Any]) -> Conversation:
     return Conversation(turns=turns, images=_image_names(record, "images"))
 
 
-def _read_turns(
-    record: dict[str, Any], key: str, role_key: str, text_key: str, roles: dict[str, Role]
-) -> list[Turn]:
+def _read_turns(record: dict[str, Any], key: str, role_key: str, text_key: str, roles: dict[str, Role]) -> list[Turn]:
     items = record.get(key)
     if items is None:
         raise SampleError(f"missing {key!r} list")
@@ -287,7 +275,7 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), "null" if value is None else f"a {type(value).__name__}")
 
 
-def _known(names: dict[str, Any]) -> str:
+def _known(names: dict[str, Role]) -> str:
     return ", ".join(repr(n) for n in names)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .conversation import Conversation, SampleError
-from .formats import FORMATS, parse_record, read_records, record_id
+from .formats import check_format_name, parse_record, read_records, record_id
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 
@@ -22,12 +22,13 @@ def check_images(
     """
     for number, image in enumerate(conv.images, start=1):
         name = _display_name(image, number, image_root)
-        if isinstance(image, str | Path) and not Path(image).is_file():
+        if isinstance(image, str | Path) and not Path(image).exists():
             raise SampleError(f"image {name!r} not found", sample_id=conv.id)
         try:
             load_image(image, max_pixels=max_pixels)
         except ImageError as err:
-            raise SampleError(f"image {name!r} {err}", sample_id=conv.id) from None
+            detail = str(err).removeprefix(f"{image}: ")  # load_image names the full path; we show `name`
+            raise SampleError(f"image {name!r}: {detail}", sample_id=conv.id) from None
 
 
 @dataclass
@@ -52,8 +53,7 @@ def check_file(
     show_progress: bool = False,
 ) -> CheckReport:
     """Parse every record of a data file and open its images; one error per bad sample."""
-    if fmt != "auto" and fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; known: 'auto', {', '.join(map(repr, FORMATS))}")
+    check_format_name(fmt)
     root = Path(path).parent if image_root is None else Path(image_root)
     records = read_records(path)
     errors: list[SampleError] = []
