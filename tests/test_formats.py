@@ -186,7 +186,10 @@ def test_absolute_path_inside_the_root_is_allowed(tmp_path: Path) -> None:
             llava(("human", "<image> hi"), ("gpt", "x")),
             "1 <image> placeholder but 0 images; list the image files or remove",
         ),
-        (llava(("human", "<image>"), ("gpt", "<image>"), image="a.png"), "<image> in assistant text; images belong in user turns"),
+        (
+            llava(("human", "<image>"), ("gpt", "<image>"), image="a.png"),
+            "<image> in assistant text; images belong in user turns",
+        ),
         (llava(("human", "<image>"), ("gpt", "x"), image=""), "'image' holds an empty image path"),
         (llava(("human", "<image>"), ("gpt", "x"), image=3), "'image' must be a path string or a list"),
     ],

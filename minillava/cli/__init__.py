@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from minillava.cli import data, model
+from minillava.cli import data, demo, model
 
-GROUPS = (model, data)
+GROUPS = (demo, model, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     check.add_argument("data", help="a LLaVA / LLaVA-Pretrain / ShareGPT file (.json or .jsonl)")
     check.add_argument("--image-root", default=None, help="folder the image paths are relative to "
                        "(default: the data file's folder)")
-    check.add_argument("--format", default="auto", choices=["auto", *FORMATS])
+    check.add_argument("--format", default="auto", choices=["auto", *FORMATS.names()])
     check.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this")
     check.add_argument("--json", action="store_true", help="print the bad samples as a JSON array")
     check.set_defaults(run=run_check)

