@@ -84,9 +84,10 @@ class MiniLlava(nn.Module):
         if weights.is_file():
             stored = load_file(str(weights))
             expected = set(model.stored_state())
-            if set(stored) != expected:
-                raise ValueError(f"{weights}: tensors differ from the components {config.stored}: missing "
-                                 f"{sorted(expected - set(stored))[:5]}, unexpected {sorted(set(stored) - expected)[:5]}")
+            missing, unexpected = sorted(expected - set(stored)), sorted(set(stored) - expected)
+            if missing or unexpected:
+                raise ValueError(f"{weights}: tensors differ from the components {config.stored}: "
+                                 f"missing {missing[:5]}, unexpected {unexpected[:5]}")
             model.load_state_dict(stored, strict=False)
         return model.to(dtype)
 
