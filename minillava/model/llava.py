@@ -131,7 +131,8 @@ class MiniLlava(nn.Module):
 
     def pixel_values(self, images: Sequence) -> torch.Tensor:
         transform = self.vision.transform
-        return transform(load_images(images, background=transform.background))
+        # Large JPEGs decode at a reduced scale that still covers the target size.
+        return transform(load_images(images, background=transform.background, min_side=max(transform.size)))
 
     # -- forward ------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
