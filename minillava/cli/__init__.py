@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from minillava.cli import data, demo, model
+from minillava.cli import data, demo, model, train
 
-GROUPS = (demo, model, data)
+GROUPS = (demo, train, model, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -343,6 +343,7 @@ def synthesize_shapes(
 ) -> Path:
     """Write n images to out_dir/images/ and their questions to out_dir/shapes.json; returns the JSON path.
 
+    out_dir/captions.json and out_dir/questions.json split the samples for the two training stages;
     out_dir/scenes.json keeps each image's metadata (background; per shape: shape, color, size, x, y,
     radius). The same seed gives byte-identical files.
     """
@@ -367,4 +368,9 @@ def synthesize_shapes(
     (out_dir / "scenes.json").write_text(json.dumps(scenes, indent=1) + "\n", encoding="utf-8")
     json_path = out_dir / "shapes.json"
     json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    # The two training stages' subsets: captions for alignment, every other kind for instruction tuning.
+    captions = [r for r in records if r["kind"] == "caption"]
+    questions = [r for r in records if r["kind"] != "caption"]
+    (out_dir / "captions.json").write_text(json.dumps(captions, indent=1) + "\n", encoding="utf-8")
+    (out_dir / "questions.json").write_text(json.dumps(questions, indent=1) + "\n", encoding="utf-8")
     return json_path

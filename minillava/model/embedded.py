@@ -90,3 +90,55 @@ def _convert_efficientnet(out: Path) -> None:
 
 def efficientnet_lite0_folder() -> Path:
     return cached_folder(EFFICIENTNET_NAME, _convert_efficientnet)
+
+
+# Tiny random-initialised components (seeded, so every machine builds the same weights): fast recipes,
+# tests and benchmarks of the training machinery, never a model to use.
+TINY_CLIP_NAME = "tiny-clip"
+TINY_LLAMA_NAME = "tiny-llama"
+
+
+def _build_tiny_clip(out: Path) -> None:
+    import json
+
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=64, patch_size=16)
+    CLIPVisionModel(config).save_pretrained(out)
+    preprocessor = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 64},
+                    "crop_size": {"height": 64, "width": 64}, "do_center_crop": True,
+                    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3}
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=1))
+
+
+def _build_tiny_llama(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())  # SmolLM2's tokenizer and chat template
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def tiny_clip_folder() -> Path:
+    return cached_folder(TINY_CLIP_NAME, _build_tiny_clip)
+
+
+def tiny_llama_folder() -> Path:
+    return cached_folder(TINY_LLAMA_NAME, _build_tiny_llama)
+
+
+EMBEDDED_TOWERS: dict[str, Callable[[], Path]] = {TINY_CLIP_NAME: tiny_clip_folder}
+
+
+def resolve_tower(path: str) -> str:
+    """A Hugging Face tower's folder: embedded names resolve into the cache, anything else is kept."""
+    return str(EMBEDDED_TOWERS[path]()) if path in EMBEDDED_TOWERS else path

@@ -8,9 +8,9 @@ import torch
 from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from minillava.model.embedded import SMOLLM2_NAME, smollm2_folder
+from minillava.model.embedded import SMOLLM2_NAME, TINY_LLAMA_NAME, smollm2_folder, tiny_llama_folder
 
-EMBEDDED_LLMS = {SMOLLM2_NAME: smollm2_folder}
+EMBEDDED_LLMS = {SMOLLM2_NAME: smollm2_folder, TINY_LLAMA_NAME: tiny_llama_folder}
 
 # For base models without a chat template: role-tagged lines, each reply closed by the eos token.
 FALLBACK_CHAT_TEMPLATE = (

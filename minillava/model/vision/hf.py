@@ -8,6 +8,7 @@ from transformers.utils import cached_file
 
 from minillava.data.transforms import ImageTransform
 from minillava.model.config import VisionConfig
+from minillava.model.embedded import resolve_tower
 from minillava.model.vision.base import VisionEncoder
 from minillava.model.vision.registry import VISION_ENCODERS
 
@@ -26,14 +27,15 @@ class HFVisionTower(VisionEncoder):
             raise ValueError(f"vision select strategy {config.select!r}: choose one of {SELECT_STRATEGIES}")
         if config.image_size is not None:
             raise ValueError(f"{config.name} towers take the image size of their preprocessor; unset image_size")
-        self.tower = self.model_class.from_pretrained(config.path, dtype=dtype)
+        folder = resolve_tower(config.path)
+        self.tower = self.model_class.from_pretrained(folder, dtype=dtype)
         self.layers = config.feature_layer if isinstance(config.feature_layer, list) else [config.feature_layer]
         num_states = self.tower.config.num_hidden_layers + 1  # embeddings + every layer
         for layer in self.layers:
             if not -num_states <= layer < num_states:
                 raise ValueError(f"feature layer {layer} is out of range for a tower with {num_states} states")
         self.drop = self.num_prefix_tokens if config.select == "default" else 0
-        preprocessor = cached_file(config.path, "preprocessor_config.json")
+        preprocessor = cached_file(folder, "preprocessor_config.json")
         self.transform = ImageTransform.from_hf_preprocessor(preprocessor, resize_mode=config.image_aspect)
         patch = self.tower.config.patch_size
         rows, cols = self.transform.size[0] // patch, self.transform.size[1] // patch

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import AutoConfig
 
 from minillava.model.config import VisionConfig
+from minillava.model.embedded import resolve_tower
 from minillava.model.vision.registry import VISION_ENCODERS
 
 EMBEDDED_ENCODERS = ("efficientnet-lite0",)
@@ -19,7 +20,7 @@ HF_MODEL_TYPES = {
 def vision_config_for(spec: str, **options) -> VisionConfig:
     if spec in EMBEDDED_ENCODERS:
         return VisionConfig(name=spec, **options)
-    model_type = AutoConfig.from_pretrained(spec).model_type
+    model_type = AutoConfig.from_pretrained(resolve_tower(spec)).model_type
     if model_type not in HF_MODEL_TYPES:
         raise ValueError(f"{spec}: vision model_type {model_type!r} is not supported; "
                          f"supported: {sorted(HF_MODEL_TYPES)} or {EMBEDDED_ENCODERS}")

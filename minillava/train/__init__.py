@@ -1,0 +1,1 @@
+"""Training: one loop, stages as configuration, exact resume."""

@@ -1,0 +1,205 @@
+"""Training recipes: YAML files of stages, each saying how every component trains."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TUNING_MODES = ("frozen", "full", "lora")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LORA_TARGETS = {  # exact names of the linear layers LoRA wraps
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+@dataclass
+class Tuning:
+    mode: str = "frozen"  # frozen, full or lora
+    lr: float | None = None  # None: the stage's lr
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str | list[str] = "attention"  # a LORA_TARGETS key or module names
+
+
+@dataclass
+class DataSource:
+    path: str
+    format: str = "auto"
+    image_root: str | None = None  # default: the data file's folder
+    weight: float = 1.0  # share of each epoch drawn from this source, relative to the others
+    # Generate the file first when it is missing: {"kind": "shapes", "n": 200, "seed": 0, "image_size": 64}
+    synth: dict | None = None
+
+
+@dataclass
+class StageConfig:
+    name: str = "align"
+    data: list[DataSource] = field(default_factory=list)
+    val_data: list[DataSource] = field(default_factory=list)
+    init_from: str | None = None  # a model folder; default: the previous stage's final/, or a new model
+    vision: Tuning = field(default_factory=Tuning)
+    projector: Tuning = field(default_factory=lambda: Tuning(mode="full"))
+    language_model: Tuning = field(default_factory=Tuning)
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    samples_per_epoch: int | None = None  # default: the sum of the sources' sizes
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine or constant (after warmup)
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA), fp16 (CUDA, with a grad scaler)
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    max_length: int | None = None  # default: the model's
+    group_by_length: bool = True
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end (and on SIGTERM / SIGINT)
+    keep_last: int = 3
+    max_bad_steps: int = 5  # NaN / inf losses in a row before the run stops
+
+
+@dataclass
+class ModelSpec:
+    """A new model, used when the first stage has no init_from."""
+
+    vision: str = "efficientnet-lite0"
+    llm: str = "smollm2-135m-instruct"
+    projector: str = "mlp2x_gelu"
+    feature_layer: int | list[int] = -2
+    select: str = "default"
+    image_aspect: str = "pad"
+    image_size: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    model: ModelSpec = field(default_factory=ModelSpec)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        config = _build(cls, data, "config")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not self.stages:
+            raise ValueError("a recipe needs at least one stage")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        for stage in self.stages:
+            where = f"stage {stage.name!r}"
+            if not stage.data:
+                raise ValueError(f"{where}: no data")
+            if stage.precision not in PRECISIONS:
+                raise ValueError(f"{where}: precision {stage.precision!r}; choose one of {PRECISIONS}")
+            if stage.schedule not in ("cosine", "constant"):
+                raise ValueError(f"{where}: schedule {stage.schedule!r}; choose cosine or constant")
+            if stage.batch_size < 1 or stage.grad_accum < 1:
+                raise ValueError(f"{where}: batch_size and grad_accum must be at least 1")
+            for component in ("vision", "projector", "language_model"):
+                tuning: Tuning = getattr(stage, component)
+                if tuning.mode not in TUNING_MODES:
+                    raise ValueError(f"{where}: {component}.mode {tuning.mode!r}; choose one of {TUNING_MODES}")
+                if tuning.mode == "lora" and component != "language_model":
+                    raise ValueError(f"{where}: LoRA applies to the language model only, not the {component}")
+                if isinstance(tuning.lora_targets, str) and tuning.lora_targets not in LORA_TARGETS:
+                    raise ValueError(f"{where}: lora_targets {tuning.lora_targets!r}; choose one of "
+                                     f"{sorted(LORA_TARGETS)} or a list of module names")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """A dataclass from plain data, refusing unknown keys with their location."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    values = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
+        values[name] = _convert(name, default, value, f"{where}.{name}", cls)
+    return cls(**values)
+
+
+NESTED = {("StageConfig", "data"): DataSource, ("StageConfig", "val_data"): DataSource,
+          ("TrainConfig", "stages"): StageConfig}
+
+
+def _convert(name: str, default: Any, value: Any, where: str, owner: type) -> Any:
+    item_type = NESTED.get((owner.__name__, name))
+    if item_type is not None:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list")
+        return [_build(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if is_dataclass(default):
+        return _build(type(default), value, where)
+    return value
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """A YAML recipe with `key.sub=value` overrides (list items by index or by stage name)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: cannot read the recipe: {error}") from None
+    data = apply_overrides(data, overrides)
+    try:
+        return TrainConfig.from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {override!r}: expected key.sub=value")
+        node: Any = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = _child(node, part, override)
+        last = parts[-1]
+        value = yaml.safe_load(raw) if raw else None
+        if isinstance(node, list):
+            node[_index(node, last, override)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _child(node: Any, part: str, override: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, override)]
+    if isinstance(node, dict):
+        return node.setdefault(part, {})
+    raise ValueError(f"override {override!r}: {part!r} is not inside a mapping or list")
+
+
+def _index(items: list, part: str, override: str) -> int:
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == part:
+            return i
+    raise ValueError(f"override {override!r}: no list item {part!r}")

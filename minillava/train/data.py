@@ -1,0 +1,129 @@
+"""Training data: sources mixed by weight, tokenized once, bad samples skipped and counted, never lost."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from minillava.data.collate import Batch, LengthGroupedSampler, collate
+from minillava.data.conversation import SampleError
+from minillava.data.formats import load_conversations
+from minillava.data.images import ImageError
+from minillava.data.synth import synthesize_shapes
+from minillava.data.tokenize import ConversationEncoder, EncodedSample
+from minillava.train.config import DataSource
+
+MAX_EXAMPLES = 20
+
+
+@dataclass
+class SkipReport:
+    """Every skipped sample is counted by reason; the first few are kept with their full message."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, error: SampleError, kind: str) -> None:
+        self.counts[kind] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(str(error))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples}
+
+
+def ensure_synthetic(source: DataSource) -> None:
+    """Generate a synthetic source's files (into the data file's folder) when they are not there yet."""
+    if source.synth is None or Path(source.path).exists():
+        return
+    options = dict(source.synth)
+    kind = options.pop("kind", "shapes")
+    if kind != "shapes":
+        raise ValueError(f"{source.path}: unknown synthetic data kind {kind!r}; known: shapes")
+    synthesize_shapes(Path(source.path).parent, show_progress=True, **options)
+    if not Path(source.path).exists():
+        raise ValueError(f"{source.path}: synthetic shapes write shapes.json, captions.json and questions.json")
+
+
+class TrainingSet:
+    def __init__(self, sources: Sequence[DataSource], encoder: ConversationEncoder, skips: SkipReport):
+        self.sources = list(sources)
+        self.skips = skips
+        self.samples: list[EncodedSample] = []
+        self.unreadable: set[int] = set()  # samples whose images failed once: skipped, counted once
+        self.by_source: list[list[int]] = []
+        for source in self.sources:
+            ensure_synthetic(source)
+            conversations, errors = load_conversations(source.path, source.format, source.image_root)
+            for error in errors:
+                skips.add(error, "invalid record")
+            indices = []
+            for conversation in conversations:
+                try:
+                    sample = encoder.encode(conversation)
+                except SampleError as error:
+                    skips.add(SampleError(error.reason, source=source.path, sample_id=conversation.id), "encoding")
+                    continue
+                indices.append(len(self.samples))
+                self.samples.append(sample)
+            if not indices:
+                raise ValueError(f"{source.path}: no usable sample (see the skipped samples above)")
+            self.by_source.append(indices)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def epoch_order(self, epoch: int, seed: int, samples_per_epoch: int | None) -> list[int]:
+        """The samples of one epoch: each source's share by weight, cycling through it in a seeded order."""
+        total = samples_per_epoch or len(self.samples)
+        weights = [s.weight for s in self.sources]
+        counts = [round(total * w / sum(weights)) for w in weights]
+        order: list[int] = []
+        for k, (indices, count) in enumerate(zip(self.by_source, counts, strict=True)):
+            rng = random.Random(f"{seed}:{epoch}:{k}")
+            drawn: list[int] = []
+            while len(drawn) < count:
+                cycle = list(indices)
+                rng.shuffle(cycle)
+                drawn += cycle
+            order += drawn[:count]
+        return order
+
+    def epoch_batches(self, epoch: int, seed: int, batch_size: int, samples_per_epoch: int | None,
+                      group_by_length: bool) -> list[list[int]]:
+        order = self.epoch_order(epoch, seed, samples_per_epoch)
+        if group_by_length:
+            sampler = LengthGroupedSampler([len(self.samples[i].input_ids) for i in order], batch_size, seed=seed)
+            sampler.set_epoch(epoch)
+            return [[order[j] for j in batch] for batch in sampler]
+        rng = random.Random(f"{seed}:{epoch}:order")
+        rng.shuffle(order)
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def make_batch(self, indices: Sequence[int], pixel_values: Callable[[list], torch.Tensor],
+                   pad_token_id: int) -> Batch | None:
+        """Load the images of a batch; a sample whose image fails is skipped and counted, not fatal."""
+        kept, pixels = [], []
+        for i in indices:
+            sample = self.samples[i]
+            if i in self.unreadable:
+                continue
+            try:
+                pixels.append(pixel_values(sample.images) if sample.images else None)
+            except (ImageError, SampleError, OSError) as error:
+                self.unreadable.add(i)
+                self.skips.add(SampleError(str(error)), "image")
+                continue
+            kept.append(sample)
+        if not kept:
+            return None
+        return collate([s.input_ids for s in kept], [s.labels for s in kept], pad_token_id, pixels)

@@ -1,0 +1,331 @@
+"""The one training loop: every stage is this loop with a different StageConfig."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from minillava.data.collate import Batch
+from minillava.data.tokenize import IGNORE_INDEX
+from minillava.model import MiniLlava
+from minillava.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from minillava.train.config import StageConfig, TrainConfig
+from minillava.train.data import SkipReport, TrainingSet
+from minillava.train.metrics import MetricsLog, plot_losses
+from minillava.train.schedule import warmup_schedule
+from minillava.train.tuning import apply_tuning, finalize, trainable_state
+
+log = logging.getLogger(__name__)
+DONE = "DONE"
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped early (a signal, or too many non-finite losses); a checkpoint was written."""
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    steps: int
+    samples: int
+    tokens: int
+    seconds: float
+    final_train_loss: float | None
+    final_val_loss: float | None
+    skipped: dict
+    final_dir: str
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class StopSignal:
+    """SIGTERM / SIGINT ask for a checkpoint at the next step boundary instead of killing the run."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: TrainConfig, resume: bool = False) -> list[StageSummary]:
+    out = Path(config.output_dir)
+    if not resume and out.exists() and any(out.glob("*/checkpoints")):
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    summaries = []
+    previous: Path | None = None
+    for index, stage in enumerate(config.stages):
+        stage_dir = out / stage.name
+        final = stage_dir / "final"
+        if resume and (stage_dir / DONE).exists():
+            log.info("stage %s: already finished, skipped", stage.name)
+            summaries.append(StageSummary(**json.loads((stage_dir / "summary.json").read_text())))
+        else:
+            summaries.append(StageRun(config, index, stage_dir, previous, resume).run())
+        previous = final
+    return summaries
+
+
+class StageRun:
+    def __init__(self, config: TrainConfig, index: int, stage_dir: Path, previous: Path | None, resume: bool):
+        self.config = config
+        self.stage: StageConfig = config.stages[index]
+        self.seed = config.seed + index
+        self.dir = stage_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.device = pick_device(config.device)
+        self.checkpoint = latest_checkpoint(stage_dir) if resume else None
+        torch.manual_seed(self.seed)
+        self.model = self._load_model(previous)
+        stage = self.stage
+        if stage.max_length:
+            self.model.encoder.max_length = stage.max_length
+        groups = apply_tuning(self.model, stage)
+        self.params = [p for g in groups for p in g["params"]]
+        self.model.to(self.device)
+        if stage.gradient_checkpointing:
+            self.model.language_model.gradient_checkpointing_enable()
+        self.skips = SkipReport()
+        self.train_set = TrainingSet(stage.data, self.model.encoder, self.skips)
+        self.val_set = TrainingSet(stage.val_data, self.model.encoder, self.skips) if stage.val_data else None
+        per_epoch = math.ceil((stage.samples_per_epoch or len(self.train_set)) / stage.batch_size)
+        self.total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch / stage.grad_accum))
+        self.optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay,
+                                           foreach=self.device.type != "cpu")
+        self.scheduler = warmup_schedule(self.optimizer, self.total_steps, stage.warmup_ratio, stage.schedule)
+        self.scaler = torch.amp.GradScaler("cuda") if stage.precision == "fp16" else None
+        if stage.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"stage {stage.name!r}: fp16 needs CUDA; use bf16 on CPU")
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.samples_seen = self.tokens_seen = 0
+        self.seconds = 0.0
+        self.bad_in_row = 0
+        self.last_loss: float | None = None
+        self.last_val: float | None = None
+        self._epoch_batches: list[list[int]] | None = None
+        if self.checkpoint:
+            self._restore(self.checkpoint)
+        self.metrics = MetricsLog(self.dir / "metrics.jsonl", resume_step=self.step if self.checkpoint else 0)
+
+    # -- set-up -------------------------------------------------------------------------------------------
+    def _load_model(self, previous: Path | None) -> MiniLlava:
+        source = self.stage.init_from or (str(previous) if previous else None)
+        if source:
+            return MiniLlava.from_pretrained(source)
+        spec = self.config.model
+        return MiniLlava.from_components(spec.vision, spec.llm, spec.projector, seed=self.seed,
+                                         feature_layer=spec.feature_layer, select=spec.select,
+                                         image_aspect=spec.image_aspect, image_size=spec.image_size)
+
+    def _restore(self, path: Path) -> None:
+        weights, state, meta = load_checkpoint(path)
+        params = dict(self.model.named_parameters())
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        if set(weights) != trainable:
+            raise ValueError(f"{path}: its trainable tensors do not match this stage's (was the recipe changed?)")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        p = state["progress"]
+        self.step, self.epoch, self.batch_in_epoch = p["step"], p["epoch"], p["batch_in_epoch"]
+        self.samples_seen, self.tokens_seen, self.seconds = p["samples"], p["tokens"], p["seconds"]
+        self.skips.counts.update(state["skips"]["counts"])
+        self.skips.examples = list(state["skips"]["examples"])
+        log.info("stage %s: resumed from %s (step %d of %d)", self.stage.name, path, self.step, self.total_steps)
+
+    def _save(self) -> Path:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": capture_rng(),
+            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "samples": self.samples_seen, "tokens": self.tokens_seen, "seconds": self.seconds},
+            "skips": {"counts": dict(self.skips.counts), "examples": list(self.skips.examples)},
+        }
+        meta = {"stage": self.stage.name, "step": self.step, "total_steps": self.total_steps,
+                "config": self.config.to_dict()}
+        return save_checkpoint(self.dir, self.step, trainable_state(self.model), state, meta, self.stage.keep_last)
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def _next_batch(self) -> Batch:
+        stage = self.stage
+        while True:
+            if self._epoch_batches is None:
+                self._epoch_batches = self.train_set.epoch_batches(
+                    self.epoch, self.seed, stage.batch_size, stage.samples_per_epoch, stage.group_by_length)
+            if self.batch_in_epoch >= len(self._epoch_batches):
+                self.epoch, self.batch_in_epoch, self._epoch_batches = self.epoch + 1, 0, None
+                continue
+            indices = self._epoch_batches[self.batch_in_epoch]
+            self.batch_in_epoch += 1
+            batch = self.train_set.make_batch(indices, self.model.pixel_values, self.model.tokenizer.pad_token_id)
+            if batch is not None:
+                return batch.to(self.device)
+
+    def _autocast(self):
+        stage = self.stage
+        if stage.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if stage.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def run(self) -> StageSummary:
+        stage = self.stage
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=stage.name, unit="step", disable=not interactive,
+                   dynamic_ncols=True)
+        window = {"samples": 0, "tokens": 0, "start": time.perf_counter()}
+        self.model.train()
+        with StopSignal() as stop:
+            while self.step < self.total_steps:
+                started = time.perf_counter()
+                loss, grad_norm, samples, tokens = self._train_step()
+                self.seconds += time.perf_counter() - started
+                window["samples"] += samples
+                window["tokens"] += tokens
+                if loss is None:
+                    continue
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if self.step % stage.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window["start"]
+                    record = {"step": self.step, "epoch": self.epoch, "loss": round(loss, 6),
+                              "lr": self.scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 6),
+                              "samples_per_s": round(window["samples"] / elapsed, 3),
+                              "tokens_per_s": round(window["tokens"] / elapsed, 1)}
+                    self.metrics.log(record)
+                    if not interactive:
+                        log.info("%s step %d/%d loss %.4f lr %.2e %.1f samples/s", stage.name, self.step,
+                                 self.total_steps, loss, record["lr"], record["samples_per_s"])
+                    window = {"samples": 0, "tokens": 0, "start": time.perf_counter()}
+                if stage.eval_every and self.step % stage.eval_every == 0 and self.step < self.total_steps:
+                    self._validate()
+                if stage.save_every and self.step % stage.save_every == 0:
+                    self._save()
+                if stop.received is not None:
+                    path = self._save()
+                    bar.close()
+                    raise TrainingStopped(f"stopped by signal {stop.received} at step {self.step}; "
+                                          f"checkpoint {path}; continue with --resume")
+        bar.close()
+        self._validate()
+        self._save()
+        return self._finish()
+
+    def _train_step(self) -> tuple[float | None, float, int, int]:
+        """One optimizer step over grad_accum batches; the loss is the mean over all their label tokens."""
+        stage = self.stage
+        self.optimizer.zero_grad(set_to_none=True)
+        batches = [self._next_batch() for _ in range(stage.grad_accum)]
+        counts = [int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches]
+        total = max(1, sum(counts))
+        loss_sum = 0.0
+        for batch, count in zip(batches, counts, strict=True):
+            with self._autocast():
+                out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
+            loss = out.loss * (count / total)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += float(loss.detach())
+        samples = sum(len(b.input_ids) for b in batches)
+        tokens = sum(int(b.attention_mask.sum()) for b in batches)
+        self.samples_seen += samples
+        self.tokens_seen += tokens
+        if not math.isfinite(loss_sum):
+            self.bad_in_row += 1
+            self.skips.counts["non-finite loss (step skipped)"] += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.bad_in_row >= stage.max_bad_steps:
+                path = self._save()
+                raise TrainingStopped(f"{self.bad_in_row} non-finite losses in a row at step {self.step}: lower the "
+                                      f"learning rate or check the data; checkpoint {path}")
+            return None, 0.0, samples, tokens
+        self.bad_in_row = 0
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, stage.max_grad_norm or float("inf"))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.last_loss = loss_sum
+        return loss_sum, float(norm), samples, tokens
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        if self.val_set is None:
+            return
+        self.model.eval()
+        total_loss, total_tokens = 0.0, 0
+        order = list(range(len(self.val_set)))
+        for start in range(0, len(order), self.stage.batch_size):
+            batch = self.val_set.make_batch(order[start : start + self.stage.batch_size], self.model.pixel_values,
+                                            self.model.tokenizer.pad_token_id)
+            if batch is None:
+                continue
+            batch = batch.to(self.device)
+            with self._autocast():
+                out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
+            total_loss += float(out.loss) * out.num_label_tokens
+            total_tokens += out.num_label_tokens
+        self.model.train()
+        if total_tokens:
+            self.last_val = total_loss / total_tokens
+            self.metrics.log({"step": self.step, "val_loss": round(self.last_val, 6)})
+            log.info("%s step %d: validation loss %.4f", self.stage.name, self.step, self.last_val)
+
+    def _finish(self) -> StageSummary:
+        final = self.dir / "final"
+        tmp = self.dir / ".final-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = finalize(self.model, self.stage)
+        model.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        plot_losses(self.dir / "metrics.jsonl", self.dir / "loss.png", title=f"{self.stage.name}")
+        summary = StageSummary(self.stage.name, self.step, self.samples_seen, self.tokens_seen, round(self.seconds, 2),
+                               self.last_loss, self.last_val, self.skips.to_dict(), str(final))
+        (self.dir / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
+        (self.dir / DONE).write_text("ok\n")
+        log.info("stage %s: %d steps, %d samples in %.1f s; %d samples skipped; model in %s", self.stage.name,
+                 self.step, self.samples_seen, self.seconds, self.skips.total, final)
+        return summary
