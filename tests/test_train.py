@@ -137,3 +137,16 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
         assert ours.keys() == theirs.keys()
         for key in ours:
             torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_sigterm_writes_a_checkpoint_and_stops_cleanly(tmp_path):
+    proc = run_cli(tmp_path, "stopped", "stages.align.max_steps=400", "stages.align.save_every=0")
+    deadline = time.time() + 120
+    while "align step" not in (line := proc.stdout.readline()) and time.time() < deadline:
+        assert line or proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 3, output
+    assert "continue with --resume" in output
+    (checkpoint,) = (tmp_path / "stopped" / "align" / "checkpoints").glob("step-*")
+    assert (checkpoint / "COMPLETE").exists() and not (tmp_path / "stopped" / "align" / "DONE").exists()

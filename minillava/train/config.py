@@ -58,7 +58,6 @@ class StageConfig:
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA), fp16 (CUDA, with a grad scaler)
     gradient_checkpointing: bool = False
-    compile: bool = False
     max_length: int | None = None  # default: the model's
     group_by_length: bool = True
     log_every: int = 10
