@@ -23,17 +23,20 @@ from minillava.train.loop import train
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
 
 
-def tiny_config(tmp_path: Path, *overrides: str):
+def data_overrides(tmp_path: Path) -> list[str]:
+    """The tiny recipe with its synthetic data generated under tmp_path."""
     data = tmp_path / "data"
-    return load_recipe(RECIPE, [
-        f"output_dir={tmp_path / 'run'}",
+    return [
         f"stages.align.data.0.path={data / 'train' / 'captions.json'}",
         f"stages.align.val_data.0.path={data / 'val' / 'captions.json'}",
         f"stages.instruct.data.0.path={data / 'train' / 'questions.json'}",
         f"stages.instruct.data.1.path={data / 'train' / 'captions.json'}",
         f"stages.instruct.val_data.0.path={data / 'val' / 'questions.json'}",
-        *overrides,
-    ])
+    ]
+
+
+def tiny_config(tmp_path: Path, *overrides: str):
+    return load_recipe(RECIPE, [f"output_dir={tmp_path / 'run'}", *data_overrides(tmp_path), *overrides])
 
 
 def test_recipe_overrides_and_errors(tmp_path):
@@ -104,13 +107,8 @@ def weights_of(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def run_cli(tmp_path: Path, out: str, *extra: str) -> subprocess.Popen:
-    data = tmp_path / "data"
     args = [sys.executable, "-m", "minillava", "train", "--config", str(RECIPE), f"output_dir={out}",
-            f"stages.align.data.0.path={data / 'train' / 'captions.json'}",
-            f"stages.align.val_data.0.path={data / 'val' / 'captions.json'}",
-            f"stages.instruct.data.0.path={data / 'train' / 'questions.json'}",
-            f"stages.instruct.data.1.path={data / 'train' / 'captions.json'}",
-            f"stages.instruct.val_data.0.path={data / 'val' / 'questions.json'}", *extra]
+            *data_overrides(tmp_path), *extra]
     return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
