@@ -89,7 +89,7 @@ class MiniLlava(nn.Module):
                 raise ValueError(f"{weights}: tensors differ from the components {config.stored}: "
                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
             model.load_state_dict(stored, strict=False)
-        return model.to(dtype)
+        return model  # build() already loaded every component in dtype
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)

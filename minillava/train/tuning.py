@@ -6,9 +6,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from minillava.model import MiniLlava
+from minillava.model.llava import COMPONENTS
 from minillava.train.config import LORA_TARGETS, StageConfig, Tuning
-
-COMPONENTS = ("vision", "projector", "language_model")
 
 
 def apply_tuning(model: MiniLlava, stage: StageConfig) -> list[dict]:

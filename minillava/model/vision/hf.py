@@ -46,12 +46,9 @@ class HFVisionTower(VisionEncoder):
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.tower.dtype)
-        states = self.tower(pixel_values, output_hidden_states=True, **self.forward_kwargs()).hidden_states
+        states = self.tower(pixel_values, output_hidden_states=True).hidden_states
         picked = torch.cat([states[layer] for layer in self.layers], dim=-1)
         return picked[:, self.drop :]
-
-    def forward_kwargs(self) -> dict:
-        return {}
 
 
 @VISION_ENCODERS.register("clip")

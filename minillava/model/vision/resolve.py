@@ -6,7 +6,6 @@ from transformers import AutoConfig
 
 from minillava.model.config import VisionConfig
 from minillava.model.embedded import resolve_tower
-from minillava.model.vision.registry import VISION_ENCODERS
 
 EMBEDDED_ENCODERS = ("efficientnet-lite0",)
 # Exact `model_type` values of Hugging Face configs -> adapter names.
@@ -24,6 +23,4 @@ def vision_config_for(spec: str, **options) -> VisionConfig:
     if model_type not in HF_MODEL_TYPES:
         raise ValueError(f"{spec}: vision model_type {model_type!r} is not supported; "
                          f"supported: {sorted(HF_MODEL_TYPES)} or {EMBEDDED_ENCODERS}")
-    name = HF_MODEL_TYPES[model_type]
-    assert name in VISION_ENCODERS
-    return VisionConfig(name=name, path=spec, **options)
+    return VisionConfig(name=HF_MODEL_TYPES[model_type], path=spec, **options)
