@@ -18,10 +18,13 @@ class Batch:
     attention_mask: torch.Tensor  # (B, L), 1 for real tokens
     labels: torch.Tensor | None  # (B, L), IGNORE_INDEX where nothing is learned
     pixel_values: torch.Tensor | None  # (total images in the batch, 3, H, W), in sample order
+    # Or the frozen encoder's outputs for those images, (total images, tokens, width), read from a feature cache.
+    vision_features: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values))
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values),
+                     move(self.vision_features))
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:

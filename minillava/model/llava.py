@@ -137,31 +137,38 @@ class MiniLlava(nn.Module):
     # -- forward ------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(n_images, 3, H, W) -> (n_images, tokens_per_image, LM width)."""
-        features = self.vision(pixel_values.to(self.device))
-        return self.projector(features.to(self.dtype))
+        return self.project(self.vision(pixel_values.to(self.device)))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def project(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs (n_images, encoder tokens, encoder width) -> (n_images, tokens_per_image, LM width)."""
+        return self.projector(vision_features.to(self.device, self.dtype))
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+              vision_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with image features in the `<image>` slots; images come as pixels or, when the
+        encoder is frozen and its outputs were cached, as `vision_features`."""
         slots = input_ids == self.image_token_id
         embeddings = self.language_model.get_input_embeddings()(input_ids.masked_fill(slots, 0))
         num_slots = int(slots.sum())
-        num_images = 0 if pixel_values is None else len(pixel_values)
+        images = vision_features if vision_features is not None else pixel_values
+        num_images = 0 if images is None else len(images)
         if num_slots != num_images * self.tokens_per_image:
             raise ImageSlotError(
                 f"{num_slots} image slots in the token ids but {num_images} images x "
                 f"{self.tokens_per_image} tokens per image = {num_images * self.tokens_per_image} features"
             )
         if num_images:
-            features = self.encode_images(pixel_values)
+            features = self.project(vision_features) if vision_features is not None else self.encode_images(images)
             embeddings = embeddings.clone()
             embeddings[slots] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
         return embeddings
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                return_logits: bool = False) -> ForwardOutput:
+                return_logits: bool = False, vision_features: torch.Tensor | None = None) -> ForwardOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        embeddings = self.embed(input_ids, pixel_values)
+        embeddings = self.embed(input_ids, pixel_values, vision_features)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.language_model.get_decoder()(
             inputs_embeds=embeddings, attention_mask=attention_mask, position_ids=positions, use_cache=False

@@ -58,6 +58,10 @@ class StageConfig:
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA), fp16 (CUDA, with a grad scaler)
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the language model's decoder (dynamic shapes)
+    # Keep the frozen encoder's outputs on disk (a memmap in the stage folder) so later epochs skip it.
+    feature_cache: bool = False
+    feature_cache_dtype: str = "float16"  # float16 (half the disk) or float32
     max_length: int | None = None  # default: the model's
     group_by_length: bool = True
     log_every: int = 10
@@ -111,6 +115,8 @@ class TrainConfig:
                 raise ValueError(f"{where}: precision {stage.precision!r}; choose one of {PRECISIONS}")
             if stage.schedule not in ("cosine", "constant"):
                 raise ValueError(f"{where}: schedule {stage.schedule!r}; choose cosine or constant")
+            if stage.feature_cache and stage.vision.mode != "frozen":
+                raise ValueError(f"{where}: feature_cache needs a frozen vision encoder (its outputs must not change)")
             if stage.batch_size < 1 or stage.grad_accum < 1:
                 raise ValueError(f"{where}: batch_size and grad_accum must be at least 1")
             for component in ("vision", "projector", "language_model"):

@@ -109,16 +109,20 @@ class TrainingSet:
         rng.shuffle(order)
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def make_batch(self, indices: Sequence[int], pixel_values: Callable[[list], torch.Tensor],
-                   pad_token_id: int) -> Batch | None:
-        """Load the images of a batch; a sample whose image fails is skipped and counted, not fatal."""
-        kept, pixels = [], []
+    def images(self) -> list:
+        return [image for sample in self.samples for image in sample.images]
+
+    def make_batch(self, indices: Sequence[int], load: Callable[[list], torch.Tensor], pad_token_id: int,
+                   as_features: bool = False) -> Batch | None:
+        """Load a batch's images (pixels, or encoder features when `as_features`); a sample whose image fails
+        is skipped and counted, not fatal."""
+        kept, images = [], []
         for i in indices:
             sample = self.samples[i]
             if i in self.unreadable:
                 continue
             try:
-                pixels.append(pixel_values(sample.images) if sample.images else None)
+                images.append(load(sample.images) if sample.images else None)
             except (ImageError, SampleError, OSError) as error:
                 self.unreadable.add(i)
                 self.skips.add(SampleError(str(error)), "image")
@@ -126,4 +130,7 @@ class TrainingSet:
             kept.append(sample)
         if not kept:
             return None
-        return collate([s.input_ids for s in kept], [s.labels for s in kept], pad_token_id, pixels)
+        batch = collate([s.input_ids for s in kept], [s.labels for s in kept], pad_token_id, images)
+        if as_features:
+            batch.vision_features, batch.pixel_values = batch.pixel_values, None
+        return batch

@@ -24,6 +24,8 @@ from minillava.model import MiniLlava
 from minillava.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from minillava.train.config import StageConfig, TrainConfig
 from minillava.train.data import SkipReport, TrainingSet
+from minillava.train.distributed import SINGLE_PROCESS, World, close_world, init_world
+from minillava.train.features import FeatureCache
 from minillava.train.metrics import MetricsLog, plot_losses
 from minillava.train.schedule import warmup_schedule
 from minillava.train.tuning import apply_tuning, finalize, trainable_state
@@ -49,10 +51,25 @@ class StageSummary:
     final_dir: str
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, world: World = SINGLE_PROCESS) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", world.local_rank) if name == "cuda" else torch.device(name)
+
+
+def out_of_memory_advice(stage: StageConfig, step: int, seq_len: int) -> str:
+    return (f"stage {stage.name!r}: out of memory at step {step} (batch_size {stage.batch_size}, sequence length "
+            f"{seq_len}). Remedies, cheapest first: halve batch_size and double grad_accum (the same global batch: "
+            f"stages.{stage.name}.batch_size={max(1, stage.batch_size // 2)} "
+            f"stages.{stage.name}.grad_accum={stage.grad_accum * 2}); gradient_checkpointing=true; precision=bf16; "
+            f"a smaller max_length; LoRA instead of full tuning of the language model; on several GPUs, torchrun "
+            f"with a smaller per-device batch. Continue from the last checkpoint with --resume.")
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)  # the CPU allocator
 
 
 class StopSignal:
@@ -77,33 +94,44 @@ class StopSignal:
 
 
 def train(config: TrainConfig, resume: bool = False) -> list[StageSummary]:
+    """Run every stage of a recipe in order (under torchrun: data parallel, rank 0 writes the files)."""
     out = Path(config.output_dir)
     if not resume and out.exists() and any(out.glob("*/checkpoints")):
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    summaries = []
-    previous: Path | None = None
-    for index, stage in enumerate(config.stages):
-        stage_dir = out / stage.name
-        final = stage_dir / "final"
-        if resume and (stage_dir / DONE).exists():
-            log.info("stage %s: already finished, skipped", stage.name)
-            summaries.append(StageSummary(**json.loads((stage_dir / "summary.json").read_text())))
-        else:
-            summaries.append(StageRun(config, index, stage_dir, previous, resume).run())
-        previous = final
-    return summaries
+    world = init_world(config.device)
+    try:
+        if world.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        world.barrier()
+        summaries = []
+        previous: Path | None = None
+        for index, stage in enumerate(config.stages):
+            stage_dir = out / stage.name
+            final = stage_dir / "final"
+            if resume and (stage_dir / DONE).exists():
+                log.info("stage %s: already finished, skipped", stage.name)
+                summaries.append(StageSummary(**json.loads((stage_dir / "summary.json").read_text())))
+            else:
+                summaries.append(StageRun(config, index, stage_dir, previous, resume, world).run())
+            previous = final
+        return summaries
+    finally:
+        close_world(world)
 
 
 class StageRun:
-    def __init__(self, config: TrainConfig, index: int, stage_dir: Path, previous: Path | None, resume: bool):
+    def __init__(self, config: TrainConfig, index: int, stage_dir: Path, previous: Path | None, resume: bool,
+                 world: World = SINGLE_PROCESS):
         self.config = config
         self.stage: StageConfig = config.stages[index]
         self.seed = config.seed + index
+        self.world = world
         self.dir = stage_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.device = pick_device(config.device)
+        if world.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        world.barrier()
+        self.device = pick_device(config.device, world)
         self.checkpoint = latest_checkpoint(stage_dir) if resume else None
         torch.manual_seed(self.seed)
         self.model = self._load_model(previous)
@@ -114,11 +142,21 @@ class StageRun:
         self.params = [p for g in groups for p in g["params"]]
         self.model.to(self.device)
         if stage.gradient_checkpointing:
-            self.model.language_model.gradient_checkpointing_enable()
+            self.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
+        if stage.compile:
+            self.model.language_model.get_decoder().compile(dynamic=True)
+        # The module that runs forward passes: the model itself, or its DistributedDataParallel wrapper.
+        self.runner = self.model
+        if world.distributed:
+            # Unused parameters are normal: a text-only batch leaves the projector out.
+            self.runner = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True, broadcast_buffers=False)
         self.skips = SkipReport()
         self.train_set = TrainingSet(stage.data, self.model.encoder, self.skips)
         self.val_set = TrainingSet(stage.val_data, self.model.encoder, self.skips) if stage.val_data else None
-        per_epoch = math.ceil((stage.samples_per_epoch or len(self.train_set)) / stage.batch_size)
+        self.cache = self._feature_cache() if stage.feature_cache else None
+        per_epoch = math.ceil((stage.samples_per_epoch or len(self.train_set)) / (stage.batch_size * world.size))
         self.total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch / stage.grad_accum))
         self.optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay,
                                            foreach=self.device.type != "cpu")
@@ -132,10 +170,12 @@ class StageRun:
         self.bad_in_row = 0
         self.last_loss: float | None = None
         self.last_val: float | None = None
+        self._last_len = 0
         self._epoch_batches: list[list[int]] | None = None
         if self.checkpoint:
             self._restore(self.checkpoint)
-        self.metrics = MetricsLog(self.dir / "metrics.jsonl", resume_step=self.step if self.checkpoint else 0)
+        self.metrics = (MetricsLog(self.dir / "metrics.jsonl", resume_step=self.step if self.checkpoint else 0)
+                        if world.main else None)
 
     # -- set-up -------------------------------------------------------------------------------------------
     def _load_model(self, previous: Path | None) -> MiniLlava:
@@ -160,7 +200,13 @@ class StageRun:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        rng = state["rng"]
+        if isinstance(rng, list):  # one state per rank
+            if len(rng) != self.world.size:
+                raise ValueError(f"{path}: written by {len(rng)} processes; resume it with the same world size "
+                                 f"(now {self.world.size})")
+            rng = rng[self.world.rank]
+        restore_rng(rng)
         p = state["progress"]
         self.step, self.epoch, self.batch_in_epoch = p["step"], p["epoch"], p["batch_in_epoch"]
         self.samples_seen, self.tokens_seen, self.seconds = p["samples"], p["tokens"], p["seconds"]
@@ -168,35 +214,77 @@ class StageRun:
         self.skips.examples = list(state["skips"]["examples"])
         log.info("stage %s: resumed from %s (step %d of %d)", self.stage.name, path, self.step, self.total_steps)
 
-    def _save(self) -> Path:
+    def _save(self) -> Path | None:
+        """Every rank takes part (their RNG states are gathered); rank 0 writes."""
+        rng = self.world.gather(capture_rng())
+        if not self.world.main:
+            self.world.barrier()
+            return None
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "rng": capture_rng(),
+            "rng": rng if self.world.distributed else rng[0],
             "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                          "samples": self.samples_seen, "tokens": self.tokens_seen, "seconds": self.seconds},
             "skips": {"counts": dict(self.skips.counts), "examples": list(self.skips.examples)},
         }
         meta = {"stage": self.stage.name, "step": self.step, "total_steps": self.total_steps,
                 "config": self.config.to_dict()}
-        return save_checkpoint(self.dir, self.step, trainable_state(self.model), state, meta, self.stage.keep_last)
+        path = save_checkpoint(self.dir, self.step, trainable_state(self.model), state, meta, self.stage.keep_last)
+        self.world.barrier()
+        return path
+
+    def _log(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.log(record)
 
     # -- data ---------------------------------------------------------------------------------------------
+    def _feature_cache(self) -> FeatureCache:
+        vision = self.model.vision
+        fingerprint = {"vision": self.model.config.to_dict()["vision"], "transform": vision.transform.to_dict(),
+                       "class": type(vision).__name__}
+        images = self.train_set.images() + (self.val_set.images() if self.val_set else [])
+        make = lambda writer: FeatureCache(self.dir / "feature-cache", images, fingerprint,  # noqa: E731
+                                           (vision.num_tokens, vision.hidden_size), self.stage.feature_cache_dtype,
+                                           writer=writer)
+        cache = make(True) if self.world.main else None
+        self.world.barrier()  # rank 0 creates the files, the others open them
+        return cache or make(False)
+
+    def _load_images(self, images: list) -> torch.Tensor:
+        """A sample's images as the forward pass takes them: pixels, or cached encoder features."""
+        if self.cache is None:
+            return self.model.pixel_values(images)
+        encode = lambda sources: self.model.vision(self.model.pixel_values(sources).to(self.device))  # noqa: E731
+        return self.cache.get(images, encode)
+
+    def _make_batch(self, data: TrainingSet, indices: list[int]) -> Batch | None:
+        batch = data.make_batch(indices, self._load_images, self.model.tokenizer.pad_token_id,
+                                as_features=self.cache is not None)
+        return None if batch is None else batch.to(self.device)
+
     def _next_batch(self) -> Batch:
+        """This rank's slice of the next global batch; a global batch that leaves any rank empty is skipped."""
         stage = self.stage
         while True:
             if self._epoch_batches is None:
                 self._epoch_batches = self.train_set.epoch_batches(
-                    self.epoch, self.seed, stage.batch_size, stage.samples_per_epoch, stage.group_by_length)
+                    self.epoch, self.seed, stage.batch_size * self.world.size, stage.samples_per_epoch,
+                    stage.group_by_length)
             if self.batch_in_epoch >= len(self._epoch_batches):
                 self.epoch, self.batch_in_epoch, self._epoch_batches = self.epoch + 1, 0, None
                 continue
-            indices = self._epoch_batches[self.batch_in_epoch]
+            indices = self.world.shard(self._epoch_batches[self.batch_in_epoch])
             self.batch_in_epoch += 1
-            batch = self.train_set.make_batch(indices, self.model.pixel_values, self.model.tokenizer.pad_token_id)
-            if batch is not None:
-                return batch.to(self.device)
+            batch = self._make_batch(self.train_set, indices) if indices else None
+            if self.world.all(batch is not None):
+                return batch
+
+    def _forward(self, batch: Batch):
+        with self._autocast():
+            return self.runner(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
+                               vision_features=batch.vision_features)
 
     def _autocast(self):
         stage = self.stage
@@ -209,14 +297,20 @@ class StageRun:
     def run(self) -> StageSummary:
         stage = self.stage
         interactive = sys.stderr.isatty()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=stage.name, unit="step", disable=not interactive,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=stage.name, unit="step",
+                   disable=not (interactive and self.world.main), dynamic_ncols=True)
         window = {"samples": 0, "tokens": 0, "start": time.perf_counter()}
         self.model.train()
         with StopSignal() as stop:
             while self.step < self.total_steps:
                 started = time.perf_counter()
-                loss, grad_norm, samples, tokens = self._train_step()
+                try:
+                    loss, grad_norm, samples, tokens = self._train_step()
+                except RuntimeError as error:
+                    if not _is_out_of_memory(error):
+                        raise
+                    bar.close()
+                    raise TrainingStopped(out_of_memory_advice(stage, self.step + 1, self._last_len)) from error
                 self.seconds += time.perf_counter() - started
                 window["samples"] += samples
                 window["tokens"] += tokens
@@ -231,8 +325,8 @@ class StageRun:
                               "lr": self.scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 6),
                               "samples_per_s": round(window["samples"] / elapsed, 3),
                               "tokens_per_s": round(window["tokens"] / elapsed, 1)}
-                    self.metrics.log(record)
-                    if not interactive:
+                    self._log(record)
+                    if not interactive and self.world.main:
                         log.info("%s step %d/%d loss %.4f lr %.2e %.1f samples/s", stage.name, self.step,
                                  self.total_steps, loss, record["lr"], record["samples_per_s"])
                     window = {"samples": 0, "tokens": 0, "start": time.perf_counter()}
@@ -251,21 +345,28 @@ class StageRun:
         return self._finish()
 
     def _train_step(self) -> tuple[float | None, float, int, int]:
-        """One optimizer step over grad_accum batches; the loss is the mean over all their label tokens."""
+        """One optimizer step over grad_accum batches (on every rank); the loss is the mean over all their label
+        tokens, so the step does not depend on how the global batch is split into micro-batches and ranks."""
         stage = self.stage
         self.optimizer.zero_grad(set_to_none=True)
         batches = [self._next_batch() for _ in range(stage.grad_accum)]
+        self._last_len = max(b.input_ids.shape[1] for b in batches)
         counts = [int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches]
-        total = max(1, sum(counts))
+        total = max(1.0, self.world.sum(sum(counts))[0])
         loss_sum = 0.0
-        for batch, count in zip(batches, counts, strict=True):
-            with self._autocast():
-                out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
-            loss = out.loss * (count / total)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            loss_sum += float(loss.detach())
+        for k, (batch, count) in enumerate(zip(batches, counts, strict=True)):
+            last = k == len(batches) - 1
+            # DDP averages gradients over ranks; scaling by the world size turns that average into the sum.
+            sync = contextlib.nullcontext() if last or not self.world.distributed else self.runner.no_sync()
+            with sync:
+                out = self._forward(batch)
+                loss = out.loss * (count * self.world.size / total)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += float(loss.detach()) / self.world.size
         samples = sum(len(b.input_ids) for b in batches)
         tokens = sum(int(b.attention_mask.sum()) for b in batches)
+        loss_sum, samples, tokens = self.world.sum(loss_sum, samples, tokens)
+        samples, tokens = int(samples), int(tokens)
         self.samples_seen += samples
         self.tokens_seen += tokens
         if not math.isfinite(loss_sum):
@@ -296,25 +397,34 @@ class StageRun:
             return
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
-        order = list(range(len(self.val_set)))
+        order = self.world.shard(list(range(len(self.val_set))))
         for start in range(0, len(order), self.stage.batch_size):
-            batch = self.val_set.make_batch(order[start : start + self.stage.batch_size], self.model.pixel_values,
-                                            self.model.tokenizer.pad_token_id)
+            batch = self._make_batch(self.val_set, order[start : start + self.stage.batch_size])
             if batch is None:
                 continue
-            batch = batch.to(self.device)
-            with self._autocast():
-                out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
+            with self._autocast():  # the bare model: no gradient synchronisation to take part in
+                out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
+                                 vision_features=batch.vision_features)
             total_loss += float(out.loss) * out.num_label_tokens
             total_tokens += out.num_label_tokens
         self.model.train()
+        total_loss, total_tokens = self.world.sum(total_loss, total_tokens)
         if total_tokens:
             self.last_val = total_loss / total_tokens
-            self.metrics.log({"step": self.step, "val_loss": round(self.last_val, 6)})
-            log.info("%s step %d: validation loss %.4f", self.stage.name, self.step, self.last_val)
+            self._log({"step": self.step, "val_loss": round(self.last_val, 6)})
+            if self.world.main:
+                log.info("%s step %d: validation loss %.4f", self.stage.name, self.step, self.last_val)
 
     def _finish(self) -> StageSummary:
         final = self.dir / "final"
+        summary = StageSummary(self.stage.name, self.step, self.samples_seen, self.tokens_seen, round(self.seconds, 2),
+                               self.last_loss, self.last_val, self.skips.to_dict(), str(final))
+        if self.cache is not None and self.world.main:
+            log.info("%s: feature cache %s holds %d images (%d reads, %d encodes this run)", self.stage.name,
+                     self.cache.folder, len(self.cache), self.cache.hits, self.cache.misses)
+        if not self.world.main:
+            self.world.barrier()
+            return summary
         tmp = self.dir / ".final-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model = finalize(self.model, self.stage)
@@ -322,10 +432,9 @@ class StageRun:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         plot_losses(self.dir / "metrics.jsonl", self.dir / "loss.png", title=f"{self.stage.name}")
-        summary = StageSummary(self.stage.name, self.step, self.samples_seen, self.tokens_seen, round(self.seconds, 2),
-                               self.last_loss, self.last_val, self.skips.to_dict(), str(final))
         (self.dir / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
         (self.dir / DONE).write_text("ok\n")
+        self.world.barrier()
         log.info("stage %s: %d steps, %d samples in %.1f s; %d samples skipped; model in %s", self.stage.name,
                  self.step, self.samples_seen, self.seconds, self.skips.total, final)
         return summary

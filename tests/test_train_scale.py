@@ -1,0 +1,93 @@
+"""Training beyond the basic loop: the stage-1 feature cache, data parallelism, out-of-memory advice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_train import RECIPE, data_overrides, tiny_config, weights_of
+
+from minillava.train.features import FeatureCache
+from minillava.train.loop import StageRun, TrainingStopped, train
+
+
+def align_only(tmp_path, *overrides: str):
+    config = tiny_config(tmp_path, *overrides)
+    config.stages = config.stages[:1]
+    return config
+
+
+def test_feature_cache_trains_the_same_projector_and_reads_instead_of_encoding(tmp_path):
+    # 48 samples in batches of 8 for 12 steps: two epochs, the second read from the cache.
+    train(align_only(tmp_path / "a", "output_dir=" + str(tmp_path / "plain")))
+    train(align_only(tmp_path / "a", "output_dir=" + str(tmp_path / "cached"), "stages.align.feature_cache=true",
+                     "stages.align.feature_cache_dtype=float32"))
+    ours = weights_of(tmp_path / "cached" / "align" / "final")
+    theirs = weights_of(tmp_path / "plain" / "align" / "final")
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
+    cache = tmp_path / "cached" / "align" / "feature-cache"
+    assert np.load(cache / "filled.npy").all()  # every train and validation image was encoded once
+    assert np.load(cache / "features.npy").shape == (48 + 8, 16, 64)
+
+
+def test_feature_cache_encodes_each_image_once_and_notices_edits(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(paths[-1])
+    calls = []
+
+    def encode(images):
+        calls.append(len(images))
+        return torch.stack([torch.full((2, 4), float(np.asarray(Image.open(p))[0, 0, 0])) for p in images])
+
+    cache = FeatureCache(tmp_path / "cache", paths, {"encoder": "x"}, (2, 4), "float32")
+    first = cache.get(paths[:2], encode)
+    again = cache.get(paths[:2], encode)
+    assert torch.equal(first, again) and calls == [2] and cache.hits == 2
+    reopened = FeatureCache(tmp_path / "cache", paths, {"encoder": "x"}, (2, 4), "float32")
+    assert len(reopened) == 2 and torch.equal(reopened.get(paths[:1], encode), first[:1]) and calls == [2]
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(paths[0])  # an edited image is a new key: encoded again
+    assert float(cache.get(paths[:1], encode)[0, 0, 0]) == 200.0 and calls == [2, 1]
+    rebuilt = FeatureCache(tmp_path / "cache", paths, {"encoder": "y"}, (2, 4), "float32")
+    assert len(rebuilt) == 0  # another encoder's cache is rebuilt, never misread
+
+
+def test_feature_cache_needs_a_frozen_encoder(tmp_path):
+    with pytest.raises(ValueError, match="feature_cache needs a frozen vision encoder"):
+        tiny_config(tmp_path, "stages.align.feature_cache=true", "stages.align.vision.mode=full")
+
+
+def test_two_gloo_processes_train_what_one_process_does_with_the_same_global_batch(tmp_path):
+    common = [*data_overrides(tmp_path), "stages.instruct.language_model.lora_dropout=0.0",
+              "stages.align.max_steps=4", "stages.instruct.max_steps=4", "device=cpu"]
+    single = [sys.executable, "-m", "minillava", "train", "--config", str(RECIPE), f"output_dir={tmp_path / 'one'}",
+              *common]
+    subprocess.run(single, check=True, capture_output=True, cwd=tmp_path, timeout=300)
+    double = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "-m", "minillava", "train", "--config", str(RECIPE), f"output_dir={tmp_path / 'two'}", *common,
+              "stages.align.batch_size=4", "stages.instruct.batch_size=4"]
+    result = subprocess.run(double, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for stage in ("align", "instruct"):
+        ours, theirs = weights_of(tmp_path / "two" / stage / "final"), weights_of(tmp_path / "one" / stage / "final")
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=2e-5, msg=key)
+    assert not list((tmp_path / "two").glob("*/checkpoints/.tmp-*"))
+
+
+def test_out_of_memory_stops_with_remedies(tmp_path, monkeypatch):
+    def fail(self):
+        self._last_len = 99
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(StageRun, "_train_step", fail)
+    with pytest.raises(TrainingStopped, match="stages.align.batch_size=4 stages.align.grad_accum=2") as error:
+        train(align_only(tmp_path))
+    assert "sequence length 99" in str(error.value) and "gradient_checkpointing" in str(error.value)
