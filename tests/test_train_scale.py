@@ -91,3 +91,13 @@ def test_out_of_memory_stops_with_remedies(tmp_path, monkeypatch):
     with pytest.raises(TrainingStopped, match="stages.align.batch_size=4 stages.align.grad_accum=2") as error:
         train(align_only(tmp_path))
     assert "sequence length 99" in str(error.value) and "gradient_checkpointing" in str(error.value)
+
+
+def test_bf16_keeps_frozen_weights_in_bf16_and_saves_fp32(tmp_path):
+    config = tiny_config(tmp_path, "stages.align.precision=bf16", "stages.instruct.precision=bf16",
+                         "stages.align.max_steps=2", "stages.instruct.max_steps=2")
+    align, instruct = train(config)
+    assert align.final_train_loss is not None and instruct.final_train_loss is not None
+    saved = weights_of(tmp_path / "run" / "instruct" / "final")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert all(torch.isfinite(t).all() for t in saved.values())

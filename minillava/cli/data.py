@@ -30,6 +30,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=224)
     shapes.set_defaults(run=run_synth_shapes)
+    fashion = kinds.add_parser("fashion", help="Fashion-MNIST images (Debian's dataset-fashion-mnist) with "
+                               "captions and questions")
+    fashion.add_argument("--out", required=True)
+    fashion.add_argument("--split", default="train", choices=["train", "test"])
+    fashion.add_argument("--n", type=int, default=None, help="number of images, balanced over the 10 classes "
+                         "(default: the whole split, 60000 train or 10000 test)")
+    fashion.add_argument("--seed", type=int, default=0)
+    fashion.add_argument("--image-size", type=int, default=28, help="side of the written images (28: native)")
+    fashion.add_argument("--root", default=None, help="folder of the *-ubyte.gz files "
+                         "(default: /usr/share/datasets/fashion-mnist)")
+    fashion.set_defaults(run=run_synth_fashion)
+    photos = kinds.add_parser("photos", help="the sample photos of scikit-image, scikit-learn and matplotlib "
+                              "with captions and questions")
+    photos.add_argument("--out", required=True)
+    photos.set_defaults(run=run_synth_photos)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -51,5 +66,22 @@ def run_synth_shapes(args: argparse.Namespace) -> int:
     from minillava.data.synth import synthesize_shapes
 
     path = synthesize_shapes(args.out, args.n, seed=args.seed, image_size=args.image_size, show_progress=True)
+    print(f"wrote {path}")
+    return 0
+
+
+def run_synth_fashion(args: argparse.Namespace) -> int:
+    from minillava.data.fashion import FASHION_DIR, synthesize_fashion
+
+    path = synthesize_fashion(args.out, args.split, args.n, seed=args.seed, image_size=args.image_size,
+                              root=args.root or FASHION_DIR, show_progress=True)
+    print(f"wrote {path}")
+    return 0
+
+
+def run_synth_photos(args: argparse.Namespace) -> int:
+    from minillava.data.photos import synthesize_photos
+
+    path = synthesize_photos(args.out)
     print(f"wrote {path}")
     return 0

@@ -325,7 +325,7 @@ def make_samples(scene: Scene, rng: random.Random) -> list[Sample]:
     return samples
 
 
-def _record(sample_id: str, image: str, sample: Sample) -> dict:
+def qa_record(sample_id: str, image: str, sample: Sample) -> dict:
     return {
         "id": sample_id,
         "image": image,
@@ -364,7 +364,7 @@ def synthesize_shapes(
         shapes = [asdict(s) for s in scene.shapes]
         scenes.append({"image": image, "background": scene.background, "shapes": shapes})
         for j, sample in enumerate(make_samples(scene, rng)):
-            records.append(_record(f"{index:06d}-{j}", image, sample))
+            records.append(qa_record(f"{index:06d}-{j}", image, sample))
     (out_dir / "scenes.json").write_text(json.dumps(scenes, indent=1) + "\n", encoding="utf-8")
     json_path = out_dir / "shapes.json"
     json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")

@@ -28,7 +28,7 @@ from minillava.train.distributed import SINGLE_PROCESS, World, close_world, init
 from minillava.train.features import FeatureCache
 from minillava.train.metrics import MetricsLog, plot_losses
 from minillava.train.schedule import warmup_schedule
-from minillava.train.tuning import apply_tuning, finalize, trainable_state
+from minillava.train.tuning import apply_tuning, cast_frozen_language_model, finalize, trainable_state
 
 log = logging.getLogger(__name__)
 DONE = "DONE"
@@ -141,6 +141,8 @@ class StageRun:
         groups = apply_tuning(self.model, stage)
         self.params = [p for g in groups for p in g["params"]]
         self.model.to(self.device)
+        if stage.precision != "fp32":
+            cast_frozen_language_model(self.model, torch.bfloat16 if stage.precision == "bf16" else torch.float16)
         if stage.gradient_checkpointing:
             self.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
         if stage.compile:

@@ -35,6 +35,15 @@ def apply_tuning(model: MiniLlava, stage: StageConfig) -> list[dict]:
     return groups
 
 
+def cast_frozen_language_model(model: MiniLlava, dtype: torch.dtype) -> None:
+    """Store the language model's frozen weights in the autocast dtype: they are cast to it on every use
+    anyway, and casting ~all weights on every step costs more than the matrix products of a small model.
+    Trainable tensors (LoRA, a fully tuned LM) keep fp32 master weights."""
+    for param in model.language_model.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(dtype)
+
+
 def lora_config(tuning: Tuning) -> LoraConfig:
     targets = LORA_TARGETS[tuning.lora_targets] if isinstance(tuning.lora_targets, str) else tuning.lora_targets
     return LoraConfig(r=tuning.lora_r, lora_alpha=tuning.lora_alpha, lora_dropout=tuning.lora_dropout,
@@ -47,6 +56,7 @@ def trainable_state(model: MiniLlava) -> dict[str, torch.Tensor]:
 
 def finalize(model: MiniLlava, stage: StageConfig) -> MiniLlava:
     """Fold LoRA into the LM and record which components now differ from their pretrained source."""
+    model.float()  # weights kept in bf16 for speed go back to fp32, so a LoRA delta is added in full precision
     if stage.language_model.mode == "lora":
         model.language_model = model.language_model.merge_and_unload()
     stored = set(model.config.stored)
