@@ -26,6 +26,7 @@ from minillava.data.fashion import (
     read_idx,
     synthesize_fashion,
 )
+from minillava.data.synth import SHORT_ANSWER_SUFFIX
 from minillava.data.validate import check_file
 
 needs_fashion = pytest.mark.skipif(
@@ -174,7 +175,7 @@ def test_answers_agree_with_labels(test_split: tuple[Path, list[dict], list[dict
         human, gpt = r["conversations"]
         assert human["value"].startswith("<image>\n") and gpt["value"] == r["answer"]
         item = CLASSES[label_of[r["image"]]]
-        question = human["value"]
+        question = human["value"].removesuffix(SHORT_ANSWER_SUFFIX)
         if r["kind"] == "caption":
             assert r["answer"] == f"A photo of {item.phrase}."
         elif r["kind"] == "item":

@@ -13,6 +13,7 @@ from PIL import Image
 from minillava.cli import main
 from minillava.data import photos
 from minillava.data.photos import KINDS, MAX_SIDE, PHOTO_SOURCES, PHOTOS, Photo, synthesize_photos
+from minillava.data.synth import SHORT_ANSWER_SUFFIX
 from minillava.data.validate import check_file
 
 
@@ -62,9 +63,8 @@ def test_records_follow_the_table(written: tuple[Path, list[dict]]) -> None:
     for p in PHOTOS:
         rows = by_image[f"images/{p.name}.png"]
         assert (rows[0]["kind"], rows[0]["answer"]) == ("caption", p.caption)
-        assert [(r["kind"], r["conversations"][0]["value"][len("<image>\n"):], r["answer"]) for r in rows[1:]] == list(
-            p.questions
-        )
+        asked = [r["conversations"][0]["value"][len("<image>\n"):].removesuffix(SHORT_ANSWER_SUFFIX) for r in rows[1:]]
+        assert [(r["kind"], q, r["answer"]) for r, q in zip(rows[1:], asked, strict=True)] == list(p.questions)
 
 
 def test_large_photos_are_scaled_down(written: tuple[Path, list[dict]]) -> None:

@@ -325,12 +325,18 @@ def make_samples(scene: Scene, rng: random.Random) -> list[Sample]:
     return samples
 
 
+# LLaVA-1.5's convention for short-answer questions; evaluation asks with the same words.
+SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+FREE_FORM_KINDS = ("caption", "description")
+
+
 def qa_record(sample_id: str, image: str, sample: Sample) -> dict:
+    question = sample.question if sample.kind in FREE_FORM_KINDS else sample.question + SHORT_ANSWER_SUFFIX
     return {
         "id": sample_id,
         "image": image,
         "conversations": [
-            {"from": "human", "value": f"<image>\n{sample.question}"},
+            {"from": "human", "value": f"<image>\n{question}"},
             {"from": "gpt", "value": sample.answer},
         ],
         "kind": sample.kind,

@@ -12,6 +12,7 @@ import torch
 
 from minillava.data.collate import Batch, LengthGroupedSampler, collate
 from minillava.data.conversation import SampleError
+from minillava.data.fashion import synthesize_fashion
 from minillava.data.formats import load_conversations
 from minillava.data.images import ImageError
 from minillava.data.synth import synthesize_shapes
@@ -41,17 +42,22 @@ class SkipReport:
         return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples}
 
 
+# Generators a recipe's `synth:` can name; each writes its files into the data file's folder.
+GENERATORS: dict[str, Callable[..., Path]] = {"shapes": synthesize_shapes, "fashion": synthesize_fashion}
+
+
 def ensure_synthetic(source: DataSource) -> None:
-    """Generate a synthetic source's files (into the data file's folder) when they are not there yet."""
+    """Generate a source's files (into the data file's folder) when they are not there yet."""
     if source.synth is None or Path(source.path).exists():
         return
     options = dict(source.synth)
     kind = options.pop("kind", "shapes")
-    if kind != "shapes":
-        raise ValueError(f"{source.path}: unknown synthetic data kind {kind!r}; known: shapes")
-    synthesize_shapes(Path(source.path).parent, show_progress=True, **options)
+    if kind not in GENERATORS:
+        raise ValueError(f"{source.path}: unknown synthetic data kind {kind!r}; known: {sorted(GENERATORS)}")
+    GENERATORS[kind](Path(source.path).parent, show_progress=True, **options)
     if not Path(source.path).exists():
-        raise ValueError(f"{source.path}: synthetic shapes write shapes.json, captions.json and questions.json")
+        raise ValueError(f"{source.path}: the {kind} generator did not write this file (captions.json and "
+                         f"questions.json are what it writes)")
 
 
 class TrainingSet:
