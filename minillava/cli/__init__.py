@@ -7,9 +7,9 @@ import logging
 import os
 import sys
 
-from minillava.cli import data, demo, model, train
+from minillava.cli import data, demo, eval, model, train
 
-GROUPS = (demo, train, model, data)
+GROUPS = (demo, train, model, data, eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

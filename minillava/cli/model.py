@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -62,6 +63,11 @@ def run_generate(args: argparse.Namespace) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop,
                               seed=args.seed)
+    # Out-of-distribution scores (minillava.eval.ood), only when the model folder has a detector; on stderr.
+    from minillava.eval.ood import ood_lines
+
+    for line in ood_lines(model, args.model, args.image):
+        print(line, file=sys.stderr)
     run = model.stream([build_prompt(args.prompt, args.image, system=args.system)], config)
     for deltas in run:
         if not args.no_stream:
