@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -101,3 +102,14 @@ def test_bf16_keeps_frozen_weights_in_bf16_and_saves_fp32(tmp_path):
     saved = weights_of(tmp_path / "run" / "instruct" / "final")
     assert {t.dtype for t in saved.values()} == {torch.float32}
     assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_recipe_evaluations_join_the_metrics(tmp_path):
+    val_questions = tmp_path / "data" / "val" / "questions.json"
+    config = tiny_config(tmp_path, "stages.instruct.eval_every=6",
+                         f"stages.instruct.evals=[{{task: vqa, path: '{val_questions}', limit: 4}}]")
+    train(config)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "instruct" / "metrics.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "questions-vqa/accuracy" in r]
+    assert [r["step"] for r in scored] == [6, 12]
+    assert all(0.0 <= r["questions-vqa/accuracy"] <= 1.0 for r in scored)

@@ -38,10 +38,22 @@ class DataSource:
 
 
 @dataclass
+class EvalSource:
+    """Held-out questions answered by generation every `eval_every` steps; the scores join metrics.jsonl."""
+
+    task: str  # an evaluation task: vqa, mc, pope, caption
+    path: str  # evaluation samples (JSONL / JSON list, or a LLaVA file)
+    image_root: str | None = None  # default: the file's folder
+    limit: int | None = 64  # the first N samples: generation is slow next to a training step
+    name: str | None = None  # the metrics key prefix; default: the file's stem and the task
+
+
+@dataclass
 class StageConfig:
     name: str = "align"
     data: list[DataSource] = field(default_factory=list)
     val_data: list[DataSource] = field(default_factory=list)
+    evals: list[EvalSource] = field(default_factory=list)
     init_from: str | None = None  # a model folder; default: the previous stage's final/, or a new model
     vision: Tuning = field(default_factory=Tuning)
     projector: Tuning = field(default_factory=lambda: Tuning(mode="full"))
@@ -146,6 +158,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 NESTED = {("StageConfig", "data"): DataSource, ("StageConfig", "val_data"): DataSource,
+          ("StageConfig", "evals"): EvalSource,
           ("TrainConfig", "stages"): StageConfig}
 
 

@@ -334,6 +334,7 @@ class StageRun:
                     window = {"samples": 0, "tokens": 0, "start": time.perf_counter()}
                 if stage.eval_every and self.step % stage.eval_every == 0 and self.step < self.total_steps:
                     self._validate()
+                    self._run_evals()
                 if stage.save_every and self.step % stage.save_every == 0:
                     self._save()
                 if stop.received is not None:
@@ -343,6 +344,7 @@ class StageRun:
                                           f"checkpoint {path}; continue with --resume")
         bar.close()
         self._validate()
+        self._run_evals()
         self._save()
         return self._finish()
 
@@ -416,6 +418,29 @@ class StageRun:
             self._log({"step": self.step, "val_loss": round(self.last_val, 6)})
             if self.world.main:
                 log.info("%s step %d: validation loss %.4f", self.stage.name, self.step, self.last_val)
+
+    @torch.no_grad()
+    def _run_evals(self) -> None:
+        """The recipe's generation-based evaluations, on rank 0 (the others wait); headline scores are logged."""
+        if not self.stage.evals:
+            return
+        if self.world.main:
+            from minillava.eval.data import load_samples
+            from minillava.eval.runner import evaluate
+            from minillava.eval.tasks import TASKS
+
+            record = {"step": self.step}
+            for source in self.stage.evals:
+                task = TASKS.get(source.task)
+                samples = load_samples(source.path, source.image_root, source.limit)
+                with self._autocast():
+                    result = evaluate(self.model, task, samples, batch_size=self.stage.batch_size, progress=False)
+                name = source.name or f"{Path(source.path).stem}-{task.name}"
+                record[f"{name}/{task.headline}"] = round(result.metrics[task.headline], 6)
+                log.info("%s step %d: %s %s %.4f", self.stage.name, self.step, name, task.headline,
+                         result.metrics[task.headline])
+            self._log(record)
+        self.world.barrier()
 
     def _finish(self) -> StageSummary:
         final = self.dir / "final"

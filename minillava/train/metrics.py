@@ -101,17 +101,10 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def plot_losses(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
-    """Draw train loss, validation loss and (on a second axis) learning rate against step into a PNG."""
-    rows = records(metrics_path)
+def _draw(fig: Figure, ax, rows: list[dict], title: str) -> None:
     train_steps, train_loss = _series(rows, "loss")
     val_steps, val_loss = _series(rows, "val_loss")
     lr_steps, lr = _series(rows, "lr")
-
-    # A bare Figure with the Agg canvas: no display, and no change to the caller's global pyplot backend.
-    fig = Figure(figsize=(8, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     lines = []
     if train_steps:
         marker = "." if len(train_steps) == 1 else None  # a lone point is invisible as a line
@@ -133,10 +126,30 @@ def plot_losses(metrics_path: str | Path, out_png: str | Path, title: str = "") 
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
-    ax.set_title(title or f"Loss ({Path(metrics_path).name})")
-    fig.tight_layout()
+    ax.set_title(title)
 
+
+def _save(fig: Figure, out_png: str | Path) -> Path:
+    fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, format="png")
     return out
+
+
+def plot_losses(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
+    """Draw train loss, validation loss and (on a second axis) learning rate against step into a PNG."""
+    # A bare Figure with the Agg canvas: no display, and no change to the caller's global pyplot backend.
+    fig = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(fig)
+    _draw(fig, fig.add_subplot(), records(metrics_path), title or f"Loss ({Path(metrics_path).name})")
+    return _save(fig, out_png)
+
+
+def plot_stages(metrics_paths: dict[str, str | Path], out_png: str | Path) -> Path:
+    """One panel per stage, side by side: the loss curves of a whole multi-stage run in one PNG."""
+    fig = Figure(figsize=(6 * max(1, len(metrics_paths)), 4.5))
+    FigureCanvasAgg(fig)
+    for k, (stage, path) in enumerate(metrics_paths.items(), start=1):
+        _draw(fig, fig.add_subplot(1, len(metrics_paths), k), records(path), stage)
+    return _save(fig, out_png)
