@@ -7,9 +7,9 @@ import logging
 import os
 import sys
 
-from minillava.cli import data, demo, eval, model, train
+from minillava.cli import chat, data, demo, eval, model, serve, train, ui
 
-GROUPS = (demo, train, model, data, eval)
+GROUPS = (demo, train, model, data, eval, serve, chat, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:

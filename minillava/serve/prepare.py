@@ -1,0 +1,83 @@
+"""A validated chat completion request -> a Job the model worker can run (runs on a request thread)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+import jinja2
+import torch
+
+from minillava.data.conversation import SampleError
+from minillava.data.images import ImageError
+from minillava.data.tokenize import TemplateError
+from minillava.serve.batcher import Event, Job
+from minillava.serve.config import ServeConfig
+from minillava.serve.convert import batch_key, to_conversation, to_generation_config
+from minillava.serve.errors import bad_request
+from minillava.serve.media import read_image_url
+from minillava.serve.schemas import ChatCompletionRequest
+
+
+def context_length(model) -> int:
+    """Prompt plus reply tokens the language model can attend to."""
+    lm_config = model.language_model.config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(lm_config, name, None)
+        if value:
+            return int(value)
+    return int(model.config.max_length)
+
+
+class JobBuilder:
+    def __init__(self, model, config: ServeConfig):
+        self.model = model
+        self.config = config
+        self.max_model_len = config.max_model_len or context_length(model)
+        self._tokenizer_lock = threading.Lock()  # one tokenizer object shared by the request threads
+
+    def build(self, request: ChatCompletionRequest, deliver: Callable[[Event], None]) -> Job:
+        # Sampling fields first: a refused setting should not cost an image download.
+        generation = to_generation_config(request, 1, self.config.default_temperature)
+        params: list[str] = []
+
+        def read(url: str, param: str) -> bytes:
+            params.append(param)
+            return read_image_url(url, self.config, param)
+
+        conversation = to_conversation(request.messages, read, self.config.max_images_per_prompt)
+        with self._tokenizer_lock:
+            try:
+                sample = self.model.encoder.encode(conversation, add_generation_prompt=True)
+            except (SampleError, TemplateError, jinja2.TemplateError) as err:
+                raise bad_request(f"the messages cannot be rendered with the model's chat template: {err}",
+                                  "invalid_messages", "messages") from None
+        max_new_tokens = self._max_new_tokens(request, len(sample.input_ids))
+        pixels = self._pixel_values(sample.images, params)
+        generation = replace(generation, max_new_tokens=max_new_tokens)
+        return Job(sample.input_ids, pixels, generation, batch_key(generation, object()), deliver)
+
+    def _max_new_tokens(self, request: ChatCompletionRequest, prompt_tokens: int) -> int:
+        room = self.max_model_len - prompt_tokens
+        if room < 1:
+            raise bad_request(f"the prompt is {prompt_tokens} tokens (images included), and this model's context "
+                              f"is {self.max_model_len} tokens", "context_length_exceeded", "messages")
+        asked = request.max_completion_tokens or request.max_tokens
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        if asked is not None and asked > room:
+            raise bad_request(f"{param} is {asked}, but the prompt is {prompt_tokens} tokens and this model's "
+                              f"context is {self.max_model_len}: at most {room} tokens are left",
+                              "context_length_exceeded", param)
+        return asked or min(self.config.default_max_tokens, room)
+
+    def _pixel_values(self, images: list, params: list[str]) -> torch.Tensor | None:
+        if not images:
+            return None
+        tensors = []
+        for image, param in zip(images, params, strict=True):
+            try:
+                tensors.append(self.model.pixel_values([image]))
+            except ImageError as err:
+                raise bad_request(f"{param}: {err}", "invalid_image", param) from None
+        return torch.cat(tensors)
