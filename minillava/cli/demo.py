@@ -1,41 +1,46 @@
-"""`minillava demo`: an end-to-end run on the embedded default model."""
+"""`minillava demo`: train the embedded default model on offline data, evaluate both stages, report."""
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from pathlib import Path
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo", help="build the embedded default model and generate end to end")
-    demo.add_argument("--out", default="runs/demo", help="where the model folder and data go")
-    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo = commands.add_parser("demo", help="train a visual assistant offline, evaluate it and write a report")
+    demo.add_argument("--preset", default="full", help="full (about ten minutes on 2 cores) or quick (a few minutes)")
+    demo.add_argument("--out", default="runs/demo", help="where data, training runs and the report go")
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted demo from its checkpoints")
+    demo.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
     demo.set_defaults(run=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from minillava.data.formats import load_conversations
-    from minillava.data.synth import synthesize_shapes
-    from minillava.model import GenerationConfig, MiniLlava, build_prompt
+    from minillava.demo import run_demo as demo
+    from minillava.demo.report import accuracy_table
+    from minillava.train.loop import TrainingStopped
 
+    try:
+        results = demo(args.preset, args.out, resume=args.resume, batch_size=args.batch_size)
+    except TrainingStopped as stopped:
+        print(f"minillava demo: {stopped} (minillava demo --resume, with the same --preset and --out)",
+              file=sys.stderr)
+        return 3
     out = Path(args.out)
-    start = time.perf_counter()
-    model = MiniLlava.from_components()  # EfficientNet-Lite0 -> mlp2x_gelu -> SmolLM2-135M-Instruct
-    model.save_pretrained(out / "init")
-    print(f"model: efficientnet-lite0 -> mlp2x_gelu -> smollm2-135m-instruct, {model.tokens_per_image} image "
-          f"tokens; saved to {out / 'init'} ({time.perf_counter() - start:.1f} s)")
-    conversations, _ = load_conversations(synthesize_shapes(out / "shapes", n=2, seed=0))
-    questions = [c for c in conversations if c.turns[-1].role == "assistant"][:3]
-    prompts = [build_prompt(c.turns[0].content, c.images) for c in questions]
-    prompts.append(build_prompt("Name three primary colours."))
-    start = time.perf_counter()
-    results = model.generate(prompts, GenerationConfig(max_new_tokens=args.max_new_tokens))
-    seconds = time.perf_counter() - start
-    for prompt, result in zip(prompts, results, strict=True):
-        print(f"\nQ: {prompt.turns[-1].content.replace(chr(10), ' ')}\nA: {result.text}")
-    tokens = sum(len(r.token_ids) for r in results)
-    print(f"\n{len(prompts)} prompts in one batch: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tok/s)")
-    print("The projector is untrained, so image answers are not yet grounded; text-only answers come from "
-          "SmolLM2 itself.")
+    print("\nAccuracy on held-out data (%):\n")
+    print(accuracy_table(results))
+    print("\nHeld-out answers, stage by stage:")
+    for row in results["samples"][:8]:
+        answers = "; ".join(f"{stage}: {row[stage]!r}" for stage in results["stages"])
+        print(f"  {Path(row['image']).name}  {row['question'].splitlines()[0]}  (reference {row['reference']!r})\n"
+              f"      {answers}")
+    print("\nReal photos:")
+    last = list(results["stages"])[-1]
+    for row in results["photos"][:8]:
+        print(f"  {Path(row['image']).name}  {row['question'].splitlines()[0]}  -> {row[last]!r}")
+    met = [t for t in results["targets"] if t["met"] is not None]
+    print(f"\nTargets met: {sum(t['met'] for t in met)} of {len(met)} (the targets are for the full preset)")
+    print(f"Done in {results['seconds']['total']:.0f} s. Report: {out / 'report.md'}; model: {out / 'final'} "
+          f"(try: minillava generate --model {out / 'final'} --image IMAGE --prompt QUESTION)")
     return 0

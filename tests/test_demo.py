@@ -1,0 +1,51 @@
+"""The demo's quick preset end to end on the embedded default model (a few minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from minillava.demo.data import demo_recipe
+from minillava.demo.presets import PRESETS
+from minillava.demo.report import check_targets
+from minillava.model import MiniLlava
+
+
+def test_recipe_moves_paths_under_the_output_and_drops_missing_fashion(tmp_path):
+    config = demo_recipe(PRESETS.get("quick"), tmp_path, with_fashion=False)
+    sources = [s for stage in config.stages for s in stage.data + stage.val_data]
+    assert all(s.path.startswith(str(tmp_path)) for s in sources)
+    assert not any((s.synth or {}).get("kind") == "fashion" for s in sources)
+    assert config.output_dir == str(tmp_path / "train") and config.stages[0].max_steps == 16
+
+
+def test_targets_are_checked_against_the_numbers():
+    stage = {"shapes": {"accuracy": 0.95, "by_kind": {"color": 1.0, "shape": 0.9, "count": 0.9, "yesno": 0.92},
+                        "yes_ratio": 0.7}}
+    met = {t["target"]: t["met"] for t in check_targets(stage)}
+    assert met["shapes overall >= 90%"] and met["shapes color >= 95%"] and not met["shapes shape >= 95%"]
+    assert met["fashion item >= 85%"] is None  # no fashion data: not judged
+    assert met["shapes yes-ratio in 0.4-0.6"] is False
+
+
+@pytest.mark.embedded
+def test_quick_demo_trains_evaluates_and_reports(tmp_path, capsys):
+    from minillava.cli import main
+
+    assert main(["demo", "--preset", "quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Accuracy on held-out data" in printed and "after instruct" in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["stages"]) == ["align", "instruct"]
+    for stage in results["stages"].values():
+        shapes = stage["shapes"]
+        assert 0.0 <= shapes["accuracy"] <= 1.0 and set(shapes["by_kind"]) == {"color", "shape", "count",
+                                                                                "position", "yesno"}
+    assert results["samples"] and all("align" in r and "instruct" in r for r in results["samples"])
+    assert results["photos"] and results["training"][0]["steps"] == 16
+    report = (tmp_path / "report.md").read_text()
+    assert "| shapes | **overall** |" in report and "Real photos" in report
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
+    model = MiniLlava.from_pretrained(tmp_path / "final")
+    assert model.config.stored == ["projector", "language_model"]
