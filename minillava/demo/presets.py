@@ -29,6 +29,6 @@ for _preset in (
         "stages.instruct.save_every=8",
     ), eval_per_kind=6, shapes_test_images=24, fashion_test_images=20, shown=3),
     Preset("full", "the default: about ten minutes on 2 CPU cores, the targets of the README", (),
-           eval_per_kind=50, shapes_test_images=150, fashion_test_images=100),
+           eval_per_kind=40, shapes_test_images=120, fashion_test_images=80),
 ):
     PRESETS.register(_preset.name)(_preset)
