@@ -6,10 +6,11 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
-from minillava.cli import chat, data, demo, eval, model, serve, train, ui
+from minillava.cli import chat, data, demo, eval, export, model, serve, train, ui
 
-GROUPS = (demo, train, model, data, eval, serve, chat, ui)
+GROUPS = (demo, train, model, data, eval, serve, chat, ui, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # Per-tensor "Loading weights" bars from transformers drown the command's own progress and output.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # peft asks transformers a deprecated question on every LoRA wrap; the warning says nothing to our users.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:

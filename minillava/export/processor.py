@@ -1,0 +1,84 @@
+"""The processor side of a llava-hf folder: image preprocessing, token expansion and the chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minillava.data.conversation import IMAGE_PLACEHOLDER
+from minillava.data.transforms import ImageTransform
+
+# transformers' image processor that can pad to a square with the mean colour (transformers >= 4.49); the other
+# modes use CLIPImageProcessor, which every transformers version since 4.30 has.
+PAD_PROCESSOR = "LlavaImageProcessor"
+PLAIN_PROCESSOR = "CLIPImageProcessor"
+
+
+class PreprocessingError(ValueError):
+    """Our image preprocessing has no equivalent in the Hugging Face image processors."""
+
+
+def preprocessor_config(transform: ImageTransform) -> dict[str, Any]:
+    """A preprocessor_config.json that reproduces `transform` in transformers' image processors.
+
+    pad: pad to a square with the mean colour, then resize (LLaVA-1.5); crop: resize the shortest edge, centre
+    crop; squash: resize to the size. The geometry differs from ours only in resampling details at the
+    image/padding border (we resize before padding, which is faster); see tests/test_export_processor.py.
+    """
+    height, width = transform.size
+    common: dict[str, Any] = {
+        "do_convert_rgb": True, "do_resize": True, "resample": transform.resample,
+        "do_rescale": True, "rescale_factor": transform.rescale_factor,
+        "do_normalize": True, "image_mean": list(transform.mean), "image_std": list(transform.std),
+        "crop_size": {"height": height, "width": width}, "processor_class": "LlavaProcessor",
+    }
+    if transform.resize_mode == "pad":
+        if height != width:
+            raise PreprocessingError(f"pad to a {height}x{width} (non-square) target: transformers' LLaVA image "
+                                     "processor only pads to a square; use a square image size or --image-aspect crop")
+        return {"image_processor_type": PAD_PROCESSOR, "do_pad": True, **common,
+                "size": {"height": height, "width": width}, "do_center_crop": False}
+    if transform.resize_mode == "crop":
+        edge = transform.crop_shortest_edge or min(height, width)
+        return {"image_processor_type": PLAIN_PROCESSOR, **common,
+                "size": {"shortest_edge": edge}, "do_center_crop": True}
+    if transform.resize_mode == "squash":
+        return {"image_processor_type": PLAIN_PROCESSOR, **common,
+                "size": {"height": height, "width": width}, "do_center_crop": False}
+    raise PreprocessingError(f"resize mode {transform.resize_mode!r} has no transformers equivalent")
+
+
+def processor_config(patch_size: int, select_strategy: str, num_additional_image_tokens: int,
+                     image_token: str = IMAGE_PLACEHOLDER) -> dict[str, Any]:
+    """LlavaProcessor's settings: it expands each image token into (H/patch)*(W/patch) + additional tokens,
+    minus one under the "default" strategy."""
+    return {"processor_class": "LlavaProcessor", "image_token": image_token, "patch_size": patch_size,
+            "vision_feature_select_strategy": select_strategy,
+            "num_additional_image_tokens": num_additional_image_tokens}
+
+
+# Rewrites OpenAI/transformers-style content lists ([{"type": "image"}, {"type": "text", "text": ...}]) into the
+# plain strings our language model's template renders, an image becoming "<image>\n" as in our prompts. Prepended
+# to the language model's own template, which then runs unchanged.
+FLATTEN_CONTENT_PREFIX = (
+    "{%- set flat = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}"
+    "{%- set flat.messages = flat.messages + [message] -%}"
+    "{%- else -%}"
+    "{%- set text = namespace(value='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] in ('image', 'image_url') -%}{%- set text.value = text.value + '" + IMAGE_PLACEHOLDER
+    + "\\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set flat.messages = flat.messages + [{'role': message['role'], 'content': text.value}] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set messages = flat.messages -%}"
+)
+
+
+def multimodal_chat_template(text_template: str) -> str:
+    """The LM's chat template, accepting content lists with image parts as well as plain strings."""
+    return FLATTEN_CONTENT_PREFIX + text_template
