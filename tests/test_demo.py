@@ -17,7 +17,7 @@ def test_recipe_moves_paths_under_the_output_and_drops_missing_fashion(tmp_path)
     sources = [s for stage in config.stages for s in stage.data + stage.val_data]
     assert all(s.path.startswith(str(tmp_path)) for s in sources)
     assert not any((s.synth or {}).get("kind") == "fashion" for s in sources)
-    assert config.output_dir == str(tmp_path / "train") and config.stages[0].max_steps == 16
+    assert config.output_dir == str(tmp_path / "train") and config.stages[0].max_steps == 8
 
 
 def test_targets_are_checked_against_the_numbers():
@@ -40,10 +40,11 @@ def test_quick_demo_trains_evaluates_and_reports(tmp_path, capsys):
     assert list(results["stages"]) == ["align", "instruct"]
     for stage in results["stages"].values():
         shapes = stage["shapes"]
-        assert 0.0 <= shapes["accuracy"] <= 1.0 and set(shapes["by_kind"]) == {"color", "shape", "count",
-                                                                                "position", "yesno"}
+        assert 0.0 <= shapes["accuracy"] <= 1.0
+        assert {"color", "shape", "count", "yesno"} <= set(shapes["by_kind"]) <= {"color", "shape", "count",
+                                                                                  "position", "yesno"}
     assert results["samples"] and all("align" in r and "instruct" in r for r in results["samples"])
-    assert results["photos"] and results["training"][0]["steps"] == 16
+    assert results["photos"] and results["training"][0]["steps"] == 8
     report = (tmp_path / "report.md").read_text()
     assert "| shapes | **overall** |" in report and "Real photos" in report
     assert (tmp_path / "loss.png").stat().st_size > 10_000

@@ -16,18 +16,19 @@ class Preset:
     shapes_test_images: int
     fashion_test_images: int
     shown: int = 4  # held-out images shown with both stages' answers
+    photo_questions: int | None = None  # None: every question about the real photos
 
 
 PRESETS: Registry[Preset] = Registry("demo preset")
 
 for _preset in (
     Preset("quick", "a few minutes on 2 CPU cores: the pipeline end to end, little learning", (
-        "stages.align.data.0.synth.n=160", "stages.align.data.1.synth.n=200",
-        "stages.align.batch_size=8", "stages.align.max_steps=16", "stages.align.eval_every=0",
-        "stages.align.save_every=8",
-        "stages.instruct.batch_size=8", "stages.instruct.max_steps=24", "stages.instruct.eval_every=0",
-        "stages.instruct.save_every=8",
-    ), eval_per_kind=6, shapes_test_images=24, fashion_test_images=20, shown=3),
+        "stages.align.data.0.synth.n=80", "stages.align.data.1.synth.n=100",
+        "stages.align.batch_size=8", "stages.align.max_steps=8", "stages.align.eval_every=0",
+        "stages.align.save_every=4",
+        "stages.instruct.batch_size=8", "stages.instruct.max_steps=12", "stages.instruct.eval_every=0",
+        "stages.instruct.save_every=4",
+    ), eval_per_kind=4, shapes_test_images=12, fashion_test_images=10, shown=2, photo_questions=8),
     Preset("full", "the default: about ten minutes on 2 CPU cores, the targets of the README", (),
            eval_per_kind=40, shapes_test_images=120, fashion_test_images=80),
 ):

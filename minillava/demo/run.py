@@ -95,7 +95,7 @@ def run_demo(preset: str = "full", out: str | Path = "runs/demo", resume: bool =
     trained = time.perf_counter()
 
     sets = held_out_sets(chosen, out / "data", with_fashion)
-    photos = photo_questions(out / "data")
+    photos = photo_questions(out / "data")[: chosen.photo_questions]
     stages, photo_answers = {}, {}
     for summary in summaries:
         log.info("evaluating the %s model on %s", summary.stage,
