@@ -57,6 +57,17 @@ def _cell(text) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _answers_table(first: str, rows: list[dict], names: list[str]) -> list[str]:
+    """Markdown rows: an image, its question and reference, and each stage's answer."""
+    lines = [f"| {first} | question | reference | " + " | ".join(f"after {n}" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for row in rows:
+        answers = " | ".join(_cell(row[n]) for n in names)
+        lines.append(f"| {Path(row['image']).name} | {_cell(row['question'].split(chr(10))[0])} | "
+                     f"{_cell(row['reference'])} | {answers} |")
+    return lines
+
+
 def write_report(results: dict, path: Path) -> None:
     names = list(results["stages"])
     training = results["training"]
@@ -88,17 +99,7 @@ def write_report(results: dict, path: Path) -> None:
     lines += ["", "## Held-out images: what each stage answers", "",
               "After stage 1 the model has only learned to describe images, so it answers questions with a caption; "
               "after stage 2 it answers in the format the question asks for.", "",
-              "| image | question | reference | " + " | ".join(f"after {n}" for n in names) + " |",
-              "|---|---|---|" + "---|" * len(names)]
-    for row in results["samples"]:
-        question = row["question"].split("\n")[0]
-        answers = " | ".join(_cell(row[n]) for n in names)
-        lines.append(f"| {Path(row['image']).name} | {_cell(question)} | {_cell(row['reference'])} | {answers} |")
-    lines += ["", "## Real photos (never trained on: out of distribution)", "",
-              "| photo | question | reference | " + " | ".join(f"after {n}" for n in names) + " |",
-              "|---|---|---|" + "---|" * len(names)]
-    for row in results["photos"]:
-        question = row["question"].split("\n")[0]
-        answers = " | ".join(_cell(row[n]) for n in names)
-        lines.append(f"| {Path(row['image']).name} | {_cell(question)} | {_cell(row['reference'])} | {answers} |")
+              *_answers_table("image", results["samples"], names),
+              "", "## Real photos (never trained on: out of distribution)", "",
+              *_answers_table("photo", results["photos"], names)]
     path.write_text("\n".join(lines) + "\n")

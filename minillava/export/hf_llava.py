@@ -11,9 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from minillava.export.processor import (
 )
 from minillava.export.weights import DEFAULT_MAX_SHARD, save_sharded
 from minillava.model import MiniLlava
+from minillava.paths import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +107,13 @@ def export_hf_llava(model: MiniLlava, out: str | Path, target: str = "transforme
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; choose another output folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         tensors, vocab_size = hf_tensors(model, plan, dtype or model.dtype)
         save_sharded(tensors, tmp, max_shard_size)
         config = hf_config(model, plan, vocab_size, dtype or model.dtype)
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", generation_config(model, vocab_size))
         write_processor(model, plan, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s (%s tower, %d tokens per image) to %s", target, plan.tower_kind, model.tokens_per_image, out)
     return out
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,6 +36,7 @@ from minillava.model.language import resolve_llm
 from minillava.model.llava import WEIGHTS_NAME
 from minillava.model.vision import VISION_ENCODERS
 from minillava.model.vision.resolve import HF_MODEL_TYPES, vision_config_for
+from minillava.paths import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +110,7 @@ def import_llava(source: str | Path, out: str | Path, vision: str | None = None,
         raise CheckpointError(f"{out} exists and is not empty; choose another output folder or pass --overwrite")
     config = json.loads(config_path.read_text())
     layout = detect_layout(config, source)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         # Component folders are referenced by their final absolute path, which exists once tmp is renamed.
         build = _import_hf if layout == "llava-hf" else _import_original
         model_config, projector, tokenizer = build(source, config, tmp, out, vision, llm)
@@ -122,12 +119,6 @@ def import_llava(source: str | Path, out: str | Path, vision: str | None = None,
         model_config.image_token_id = None  # set again when the model loads
         model_config.save(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("imported %s checkpoint %s into %s", layout, source, out)
     return out
 

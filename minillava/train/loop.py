@@ -6,8 +6,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
 import signal
 import sys
 import time
@@ -21,6 +19,7 @@ from tqdm import tqdm
 from minillava.data.collate import Batch
 from minillava.data.tokenize import IGNORE_INDEX
 from minillava.model import MiniLlava
+from minillava.paths import atomic_folder
 from minillava.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from minillava.train.config import StageConfig, TrainConfig
 from minillava.train.data import SkipReport, TrainingSet
@@ -452,12 +451,9 @@ class StageRun:
         if not self.world.main:
             self.world.barrier()
             return summary
-        tmp = self.dir / ".final-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         model = finalize(self.model, self.stage)
-        model.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with atomic_folder(final) as tmp:
+            model.save_pretrained(tmp)
         plot_losses(self.dir / "metrics.jsonl", self.dir / "loss.png", title=f"{self.stage.name}")
         (self.dir / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
         (self.dir / DONE).write_text("ok\n")
