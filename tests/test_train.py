@@ -42,6 +42,11 @@ def tiny_config(tmp_path: Path, *overrides: str):
 def test_recipe_overrides_and_errors(tmp_path):
     config = tiny_config(tmp_path, "seed=7", "stages.instruct.language_model.lora_r=4", "stages.1.batch_size=2")
     assert config.seed == 7 and config.stages[1].language_model.lora_r == 4 and config.stages[1].batch_size == 2
+    # YAML reads 1e-3 as a string; number fields take it as the number.
+    config = tiny_config(tmp_path, "stages.align.lr=1e-3", "stages.instruct.language_model.lr=2e-4")
+    assert config.stages[0].lr == 1e-3 and config.stages[1].language_model.lr == 2e-4
+    with pytest.raises(ValueError, match=r"stages\[0\].lr: expected a number, got 'fast'"):
+        tiny_config(tmp_path, "stages.align.lr=fast")
     with pytest.raises(ValueError, match="unknown keys \\['batch'\\]"):
         tiny_config(tmp_path, "stages.align.batch=3")
     with pytest.raises(ValueError, match="LoRA applies to the language model only"):

@@ -90,7 +90,7 @@ class ModelSpec:
     vision: str = "efficientnet-lite0"
     llm: str = "smollm2-135m-instruct"
     projector: str = "mlp2x_gelu"
-    feature_layer: int | list[int] = -2
+    feature_layer: int | list[int] | None = None  # None: the encoder's default
     select: str = "default"
     image_aspect: str = "pad"
     image_size: int | None = None
@@ -153,7 +153,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     values = {}
     for name, value in data.items():
         default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
-        values[name] = _convert(name, default, value, f"{where}.{name}", cls)
+        values[name] = _convert(name, default, value, f"{where}.{name}", cls, str(known[name].type))
     return cls(**values)
 
 
@@ -162,7 +162,13 @@ NESTED = {("StageConfig", "data"): DataSource, ("StageConfig", "val_data"): Data
           ("TrainConfig", "stages"): StageConfig}
 
 
-def _convert(name: str, default: Any, value: Any, where: str, owner: type) -> Any:
+def _convert(name: str, default: Any, value: Any, where: str, owner: type, annotation: str) -> Any:
+    if isinstance(value, str) and "float" in annotation.split(" | "):
+        # YAML 1.1 reads 1e-3 (no dot) as a string; a number field takes it as the number it means.
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
     item_type = NESTED.get((owner.__name__, name))
     if item_type is not None:
         if not isinstance(value, list):
