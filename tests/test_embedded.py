@@ -25,6 +25,25 @@ def test_default_pair(model):
     assert sum(p.numel() for p in model.vision.parameters()) > 3_000_000
 
 
+def test_efficientnet_states_as_feature_layers(model):
+    from minillava.model.config import VisionConfig
+    from minillava.model.vision.efficientnet import EfficientNetLite0
+
+    # The default: blocks 10 (112 channels at 14 x 14, pooled to 7 x 7) and 15 (320 channels), each normalised.
+    assert model.config.vision.feature_layer == [11, 16] and model.vision.hidden_size == 112 + 320
+    pixels = model.pixel_values([Image.new("RGB", (224, 224), (200, 120, 40))])
+    features = model.vision(pixels)
+    assert features.shape == (1, 49, 432)
+    assert torch.allclose(features[..., :112].std(-1), torch.ones(1, 49), atol=0.01)
+    head = EfficientNetLite0(VisionConfig(feature_layer=-1))  # state 17: the library's own final map
+    with torch.no_grad():
+        reference = head.net.extract_features(pixels).flatten(2).transpose(1, 2)
+    assert head.hidden_size == 1280
+    assert torch.allclose(head(pixels), torch.nn.functional.layer_norm(reference, (1280,)), atol=1e-5)
+    with pytest.raises(ValueError, match="feature layer 18 is out of range"):
+        EfficientNetLite0(VisionConfig(feature_layer=18))
+
+
 def test_pretrained_features_tell_images_apart(model):
     red, blue = Image.new("RGB", (224, 224), (220, 20, 20)), Image.new("RGB", (224, 224), (20, 20, 220))
     features = model.vision(model.pixel_values([red, red, blue])).mean(1)

@@ -18,8 +18,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                       help="smollm2-135m-instruct (embedded), or a causal LM folder or hub id")
     init.add_argument("--projector", default="mlp2x_gelu",
                       help="linear, mlp{N}x_gelu, or pixel_shuffle_mlp2x_gelu")
-    init.add_argument("--feature-layer", type=int, nargs="+", default=[-2],
-                      help="hidden-state index of the tower (several: concatenated)")
+    init.add_argument("--feature-layer", type=int, nargs="+", default=None,
+                      help="hidden-state index of the tower (several: concatenated); default -2, "
+                           "EfficientNet-Lite0 11 16 (blocks 10 and 15)")
     init.add_argument("--select", choices=["default", "full"], default="default",
                       help="default drops the CLS token, full keeps it")
     init.add_argument("--image-aspect", choices=["pad", "crop", "squash"], default="pad")
@@ -47,7 +48,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def run_init(args: argparse.Namespace) -> int:
     from minillava.model import MiniLlava
 
-    layer = args.feature_layer[0] if len(args.feature_layer) == 1 else args.feature_layer
+    layer = args.feature_layer
+    if layer is not None and len(layer) == 1:
+        layer = layer[0]
     model = MiniLlava.from_components(args.vision, args.llm, args.projector, seed=args.seed,
                                       feature_layer=layer, select=args.select, image_aspect=args.image_aspect)
     model.save_pretrained(args.out)

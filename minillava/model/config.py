@@ -8,16 +8,23 @@ from pathlib import Path
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
+# Per encoder, where it differs from LLaVA's penultimate layer (-2). EfficientNet-Lite0: blocks 10 and 15 keep
+# colour and shape, which its 1280-channel head loses (see minillava/model/vision/efficientnet.py).
+DEFAULT_FEATURE_LAYERS: dict[str, int | list[int]] = {"efficientnet-lite0": [11, 16]}
 
 
 @dataclass
 class VisionConfig:
     name: str = "efficientnet-lite0"  # exact registry key: efficientnet-lite0, clip, siglip, dinov2
     path: str | None = None  # folder or hub id of a Hugging Face tower
-    feature_layer: int | list[int] = -2  # hidden-state index; a list concatenates layers
+    feature_layer: int | list[int] | None = None  # hidden-state index; a list concatenates; None: the default
     select: str = "default"  # "default" drops the CLS token, "full" keeps every token
     image_aspect: str = "pad"  # pad (LLaVA-1.5), crop, or squash
     image_size: int | None = None  # None: the encoder's own size
+
+    def __post_init__(self) -> None:
+        if self.feature_layer is None:
+            self.feature_layer = DEFAULT_FEATURE_LAYERS.get(self.name, -2)
 
 
 @dataclass

@@ -1,10 +1,19 @@
-"""EfficientNet-Lite0 (ImageNet-pretrained, from PyPI): its last 1280-channel map becomes the tokens."""
+"""EfficientNet-Lite0 (ImageNet-pretrained, from PyPI): one or more of its feature maps become the tokens.
+
+The network's states are numbered like a transformer's hidden states: 0 is the stem, 1-16 the outputs of the 16
+blocks, 17 (or -1) the 1280-channel head. A list of states is concatenated channel-wise after each map is
+average-pooled to the last map's grid (7 x 7 at 224 px), so the token count stays 49 whatever the layers, and
+normalised per token (layer norm without weights), so maps of different scales mix evenly.
+Mid-level maps keep colour and shape, which the head (trained for ImageNet classes) largely discards; a linear
+probe per token (bench/encoder_probe.py) shows it.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from efficientnet_lite_pytorch import EfficientNet
 from safetensors.torch import load_file
 
@@ -20,8 +29,6 @@ NATIVE_SIZE = 224
 
 @VISION_ENCODERS.register(EFFICIENTNET_NAME)
 class EfficientNetLite0(VisionEncoder):
-    hidden_size = 1280
-
     def __init__(self, config: VisionConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
         if config.path is not None:
@@ -33,6 +40,15 @@ class EfficientNetLite0(VisionEncoder):
         self.net.load_state_dict(state)
         del self.net._fc  # the classifier head is not used
         self.net.to(dtype)
+        widths = [self.net._bn0.num_features, *(b._bn2.num_features for b in self.net._blocks),
+                  self.net._bn1.num_features]
+        layers = config.feature_layer if isinstance(config.feature_layer, list) else [config.feature_layer]
+        for layer in layers:
+            if not -len(widths) <= layer < len(widths):
+                raise ValueError(f"{EFFICIENTNET_NAME}: feature layer {layer} is out of range; states are 0 (stem), "
+                                 f"1-{len(widths) - 2} (blocks) and {len(widths) - 1} or -1 (head)")
+        self.layers = [layer % len(widths) for layer in layers]
+        self.hidden_size = sum(widths[layer] for layer in self.layers)
         size = config.image_size or NATIVE_SIZE
         side = math.ceil(size / STRIDE)
         self.grid = (side, side)
@@ -44,6 +60,17 @@ class EfficientNetLite0(VisionEncoder):
         self.eval()
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.net.parameters()).dtype
-        maps = self.net.extract_features(pixel_values.to(dtype))  # (B, 1280, h, w)
-        return maps.flatten(2).transpose(1, 2)
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixel_values.to(net._conv_stem.weight.dtype))))
+        states = [x]
+        last = max(self.layers)
+        drop_rate = net._global_params.drop_connect_rate  # only active when the encoder trains
+        for index, block in enumerate(net._blocks[: last]):
+            x = block(x, drop_connect_rate=drop_rate * index / len(net._blocks) if drop_rate else None)
+            states.append(x)
+        if last == len(net._blocks) + 1:
+            states.append(net._swish(net._bn1(net._conv_head(x))))
+        # Each map is normalised per token: block outputs are linear projections with scales of 2-5 (the head's
+        # are below 1), and unnormalised they reach the language model at five times its embeddings' norm.
+        maps = [F.adaptive_avg_pool2d(states[layer], self.grid).flatten(2).transpose(1, 2) for layer in self.layers]
+        return torch.cat([F.layer_norm(m, m.shape[-1:]) for m in maps], dim=-1)  # (B, h * w, channels)
