@@ -149,6 +149,11 @@ def test_balanced_subset_and_layout(test_split: tuple[Path, list[dict], list[dic
     questions = json.loads((out / "questions.json").read_text())
     assert captions + questions == sorted(records, key=lambda r: r["kind"] != "caption")
     assert {r["kind"] for r in captions} == {"caption"}
+    conversations = json.loads((out / "conversations.json").read_text())
+    assert [c["image"] for c in conversations] == [i["image"] for i in items]
+    for conversation in conversations:  # item, category and both yes/no questions of the image, in one
+        answers = sorted(t["value"] for t in conversation["conversations"][1::2])
+        assert answers == sorted(r["answer"] for r in questions if r["image"] == conversation["image"])
 
 
 @needs_fashion

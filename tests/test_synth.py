@@ -249,3 +249,20 @@ def test_size_ranges_do_not_overlap() -> None:
 def test_rejects_tiny_images(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="image_size"):
         synthesize_shapes(tmp_path, 1, image_size=8)
+
+
+def test_conversations_hold_each_images_short_questions(dataset: tuple[Path, list[dict], list[dict]]) -> None:
+    out, records, _ = dataset
+    conversations = json.loads((out / "conversations.json").read_text())
+    assert [c["image"] for c in conversations] == [f"images/{i:06d}.png" for i in range(N)]
+    for conversation in conversations:
+        turns = conversation["conversations"]
+        singles = [r for r in records if r["image"] == conversation["image"]
+                   and r["kind"] not in ("caption", "description")]
+        # The same questions and answers as the one-question records, each once, the image in the first turn only.
+        asked = sorted((q["value"].removeprefix("<image>\n"), a["value"]) for q, a in zip(turns[::2], turns[1::2]))
+        single = sorted((r["conversations"][0]["value"].removeprefix("<image>\n"), r["answer"]) for r in singles)
+        assert asked == single
+        assert [t["from"] for t in turns] == ["human", "gpt"] * len(singles)
+        assert turns[0]["value"].startswith("<image>\n")
+        assert all("<image>" not in t["value"] for t in turns[1:])

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from minillava.data.synth import Sample, qa_record
+from minillava.data.synth import Sample, conversation_record, qa_record, write_splits
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -224,8 +224,7 @@ def synthesize_fashion(
     Images are saved as grayscale PNGs at `image_size` (default 28, the native size: the vision encoder
     resizes anyway, and it keeps writing 10k images to a couple of seconds). Image files and ids carry the
     split and the index in the source file ("images/test-000042.png", "test-000042-1"), so the splits never
-    share an id. out_dir/captions.json and out_dir/questions.json split the samples for the two training
-    stages; out_dir/labels.json keeps each image's index, label and class. The same seed gives identical
+    share an id. out_dir/captions.json, questions.json and conversations.json are the training subsets; out_dir/labels.json keeps each image's index, label and class. The same seed gives identical
     files, and an image's questions do not depend on n.
     """
     if image_size < NATIVE_SIZE:
@@ -235,6 +234,7 @@ def synthesize_fashion(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
+    conversations: list[dict] = []
     items: list[dict] = []
     for index in tqdm(indices.tolist(), desc=f"writing fashion-mnist {split}", disable=not show_progress):
         label = int(labels[index])
@@ -247,13 +247,16 @@ def synthesize_fashion(
         items.append({"image": image_path, "index": index, "label": label, "class": CLASS_NAMES[label]})
         # One generator per image, so an image's questions are the same whatever n is.
         rng = random.Random(f"minillava-fashion:{seed}:{split}:{index}")
-        for j, sample in enumerate(make_samples(label, rng)):
+        samples = make_samples(label, rng)
+        for j, sample in enumerate(samples):
             records.append(qa_record(f"{name}-{j}", image_path, sample))
+        turns = [s for s in samples if s.kind != "caption"]
+        rng.shuffle(turns)
+        conversations.append(conversation_record(f"{name}-c", image_path, turns))
     _write_json(out_dir / "labels.json", items)
     json_path = out_dir / "fashion.json"
     _write_json(json_path, records)
-    _write_json(out_dir / "captions.json", [r for r in records if r["kind"] == "caption"])
-    _write_json(out_dir / "questions.json", [r for r in records if r["kind"] != "caption"])
+    write_splits(out_dir, records, conversations, _write_json)
     return json_path
 
 

@@ -344,12 +344,32 @@ def qa_record(sample_id: str, image: str, sample: Sample) -> dict:
     }
 
 
+def conversation_record(sample_id: str, image: str, samples: list[Sample]) -> dict:
+    """Several questions about one image as one multi-turn conversation (the image in the first turn), as in
+    LLaVA's instruction data: the image's tokens are paid for once and every answer is supervised."""
+    conversations = []
+    for turn, sample in enumerate(samples):
+        question = qa_record(sample_id, image, sample)["conversations"][0]["value"]
+        if turn:
+            question = question.removeprefix("<image>\n")
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": sample.answer}]
+    return {"id": sample_id, "image": image, "conversations": conversations, "kind": "conversation"}
+
+
+def write_splits(out_dir: Path, records: list[dict], conversations: list[dict], write) -> None:
+    """The training subsets every generator writes beside its full file: captions.json (stage 1),
+    questions.json (one question per record) and conversations.json (all of an image's questions in one)."""
+    write(out_dir / "captions.json", [r for r in records if r["kind"] == "caption"])
+    write(out_dir / "questions.json", [r for r in records if r["kind"] != "caption"])
+    write(out_dir / "conversations.json", conversations)
+
+
 def synthesize_shapes(
     out_dir: str | Path, n: int, seed: int = 0, image_size: int = 224, show_progress: bool = False
 ) -> Path:
     """Write n images to out_dir/images/ and their questions to out_dir/shapes.json; returns the JSON path.
 
-    out_dir/captions.json and out_dir/questions.json split the samples for the two training stages;
+    out_dir/captions.json, questions.json and conversations.json are the training subsets (write_splits);
     out_dir/scenes.json keeps each image's metadata (background; per shape: shape, color, size, x, y,
     radius). The same seed gives byte-identical files.
     """
@@ -360,6 +380,7 @@ def synthesize_shapes(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
+    conversations: list[dict] = []
     scenes: list[dict] = []
     for index in tqdm(range(n), desc="synthesizing shapes", disable=not show_progress):
         # One generator per image, so image i is the same whatever n is.
@@ -369,14 +390,16 @@ def synthesize_shapes(
         draw_scene(scene).save(out_dir / image)
         shapes = [asdict(s) for s in scene.shapes]
         scenes.append({"image": image, "background": scene.background, "shapes": shapes})
-        for j, sample in enumerate(make_samples(scene, rng)):
+        samples = make_samples(scene, rng)
+        for j, sample in enumerate(samples):
             records.append(qa_record(f"{index:06d}-{j}", image, sample))
+        # The short-answer questions in a shuffled order; the long description stays a record of its own.
+        turns = [s for s in samples if s.kind not in FREE_FORM_KINDS]
+        rng.shuffle(turns)
+        conversations.append(conversation_record(f"{index:06d}-c", image, turns))
     (out_dir / "scenes.json").write_text(json.dumps(scenes, indent=1) + "\n", encoding="utf-8")
     json_path = out_dir / "shapes.json"
     json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    # The two training stages' subsets: captions for alignment, every other kind for instruction tuning.
-    captions = [r for r in records if r["kind"] == "caption"]
-    questions = [r for r in records if r["kind"] != "caption"]
-    (out_dir / "captions.json").write_text(json.dumps(captions, indent=1) + "\n", encoding="utf-8")
-    (out_dir / "questions.json").write_text(json.dumps(questions, indent=1) + "\n", encoding="utf-8")
+    write_splits(out_dir, records, conversations,
+                 lambda path, data: path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8"))
     return json_path

@@ -56,8 +56,8 @@ def ensure_synthetic(source: DataSource) -> None:
         raise ValueError(f"{source.path}: unknown synthetic data kind {kind!r}; known: {sorted(GENERATORS)}")
     GENERATORS[kind](Path(source.path).parent, show_progress=True, **options)
     if not Path(source.path).exists():
-        raise ValueError(f"{source.path}: the {kind} generator did not write this file (captions.json and "
-                         f"questions.json are what it writes)")
+        raise ValueError(f"{source.path}: the {kind} generator did not write this file (captions.json, "
+                         f"questions.json and conversations.json are what it writes)")
 
 
 class TrainingSet:
