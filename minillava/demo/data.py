@@ -45,12 +45,14 @@ def demo_recipe(preset: Preset, out: Path, with_fashion: bool) -> TrainConfig:
     if not RECIPE.is_file():
         raise FileNotFoundError(f"{RECIPE}: the demo recipe is missing (run the demo from a minillava checkout)")
     config = load_recipe(RECIPE, [f"output_dir={out / 'train'}", *preset.overrides])
-    for stage in config.stages:
-        for source in stage.data + stage.val_data:
-            if source.path.startswith(RECIPE_ROOT + "/"):
-                source.path = str(out / source.path[len(RECIPE_ROOT) + 1 :])
-        if not with_fashion:
-            stage.data = [s for s in stage.data if not (s.synth or {}).get("kind") == "fashion"]
+    sources = [source for stage in config.stages for source in stage.data + stage.val_data]
+    for source in sources:
+        if source.path.startswith(RECIPE_ROOT + "/"):
+            source.path = str(out / source.path[len(RECIPE_ROOT) + 1 :])
+    if not with_fashion:  # every file in a folder the fashion generator writes
+        folders = {Path(s.path).parent for s in sources if (s.synth or {}).get("kind") == "fashion"}
+        for stage in config.stages:
+            stage.data = [s for s in stage.data if Path(s.path).parent not in folders]
     return config
 
 
