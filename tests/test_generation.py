@@ -111,37 +111,3 @@ def test_bad_generation_settings_are_refused():
         GenerationConfig(top_p=0)
     with pytest.raises(ValueError):
         GenerationConfig(max_new_tokens=0)
-
-
-@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
-def test_decode_attention_equals_sdpa(mask_kind):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    from minillava.model.attention import attention
-
-    class Layer(torch.nn.Module):  # what transformers' attention functions read from the module
-        num_key_value_groups, is_causal = 3, True
-
-    layer = Layer().eval()
-    torch.manual_seed(0)
-    query, key, value = torch.randn(2, 9, 1, 16), torch.randn(2, 3, 11, 16), torch.randn(2, 3, 11, 16)
-    keep = torch.ones(2, 1, 1, 11, dtype=torch.bool)
-    keep[0, ..., :4] = False  # a left-padded row
-    mask = {"none": None, "bool": keep, "float": torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))}[mask_kind]
-    ours, _ = attention(layer, query, key, value, mask, scaling=0.3)
-    reference, _ = sdpa_attention_forward(layer, query, key, value, mask, scaling=0.3)
-    assert ours.shape == reference.shape == (2, 1, 9, 16)
-    assert torch.allclose(ours, reference, atol=1e-6)
-
-
-def test_language_models_decode_with_minillava_attention(model, images):
-    from minillava.model.attention import NAME
-
-    assert model.language_model.config._attn_implementation == NAME
-    ours = model.generate(prompts(images), GenerationConfig(max_new_tokens=10))
-    model.language_model.set_attn_implementation("sdpa")
-    try:
-        reference = model.generate(prompts(images), GenerationConfig(max_new_tokens=10))
-    finally:
-        model.language_model.set_attn_implementation(NAME)
-    assert [g.token_ids for g in ours] == [g.token_ids for g in reference]

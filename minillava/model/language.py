@@ -8,7 +8,6 @@ import torch
 from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from minillava.model.attention import use_decode_attention
 from minillava.model.embedded import SMOLLM2_NAME, TINY_LLAMA_NAME, smollm2_folder, tiny_llama_folder
 
 EMBEDDED_LLMS = {SMOLLM2_NAME: smollm2_folder, TINY_LLAMA_NAME: tiny_llama_folder}
@@ -35,7 +34,6 @@ def resolve_llm(spec: str, base: str | Path | None = None) -> str:
 def load_language_model(spec: str, dtype: torch.dtype = torch.float32, base: str | Path | None = None
                         ) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(resolve_llm(spec, base), dtype=dtype)
-    use_decode_attention(model)
     return model.eval()
 
 
