@@ -28,7 +28,6 @@ from minillava.data.tokenize import IGNORE_INDEX
 from minillava.train.config import DataSource, ModelSpec, StageConfig, TrainConfig, Tuning
 from minillava.train.loop import StageRun
 
-
 # (m, k, n) of the probe: a large square product, and the language model's MLP projection at a training batch's
 # token count (8 x ~80 tokens, SmolLM2's 576 -> 1536), the shape that dominates the steps.
 PEAK_SHAPES = ((2048, 2048, 2048), (640, 576, 1536), (640, 1536, 576))

@@ -260,7 +260,8 @@ def test_conversations_hold_each_images_short_questions(dataset: tuple[Path, lis
         singles = [r for r in records if r["image"] == conversation["image"]
                    and r["kind"] not in ("caption", "description")]
         # The same questions and answers as the one-question records, each once, the image in the first turn only.
-        asked = sorted((q["value"].removeprefix("<image>\n"), a["value"]) for q, a in zip(turns[::2], turns[1::2]))
+        pairs = zip(turns[::2], turns[1::2], strict=True)
+        asked = sorted((q["value"].removeprefix("<image>\n"), a["value"]) for q, a in pairs)
         single = sorted((r["conversations"][0]["value"].removeprefix("<image>\n"), r["answer"]) for r in singles)
         assert asked == single
         assert [t["from"] for t in turns] == ["human", "gpt"] * len(singles)

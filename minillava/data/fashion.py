@@ -224,8 +224,9 @@ def synthesize_fashion(
     Images are saved as grayscale PNGs at `image_size` (default 28, the native size: the vision encoder
     resizes anyway, and it keeps writing 10k images to a couple of seconds). Image files and ids carry the
     split and the index in the source file ("images/test-000042.png", "test-000042-1"), so the splits never
-    share an id. out_dir/captions.json, questions.json and conversations.json are the training subsets; out_dir/labels.json keeps each image's index, label and class. The same seed gives identical
-    files, and an image's questions do not depend on n.
+    share an id. out_dir/captions.json, questions.json and conversations.json are the training subsets;
+    out_dir/labels.json keeps each image's index, label and class. The same seed gives identical files, and an
+    image's questions do not depend on n.
     """
     if image_size < NATIVE_SIZE:
         raise ValueError(f"image_size must be >= {NATIVE_SIZE} (the native size), got {image_size}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import permutations
 from pathlib import Path
@@ -356,7 +357,8 @@ def conversation_record(sample_id: str, image: str, samples: list[Sample]) -> di
     return {"id": sample_id, "image": image, "conversations": conversations, "kind": "conversation"}
 
 
-def write_splits(out_dir: Path, records: list[dict], conversations: list[dict], write) -> None:
+def write_splits(out_dir: Path, records: list[dict], conversations: list[dict],
+                 write: Callable[[Path, list[dict]], None]) -> None:
     """The training subsets every generator writes beside its full file: captions.json (stage 1),
     questions.json (one question per record) and conversations.json (all of an image's questions in one)."""
     write(out_dir / "captions.json", [r for r in records if r["kind"] == "caption"])
