@@ -30,29 +30,10 @@ from PIL import Image
 
 
 def build_tiny_model(root: Path) -> Path:
-    """A tiny CLIP-style tower and Llama with SmolLM2's tokenizer (random weights), as the tests use."""
-    import torch
-    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-
+    """The embedded tiny-clip tower and tiny-llama (SmolLM2's tokenizer, random weights), as recipes/tiny.yaml."""
     from minillava.model import MiniLlava
-    from minillava.model.embedded import smollm2_folder
 
-    torch.manual_seed(0)
-    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                             num_attention_heads=2, image_size=32, patch_size=8))
-    tower.save_pretrained(root / "tower")
-    (root / "tower" / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},
-        "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "image_mean": [0.5] * 3,
-        "image_std": [0.5] * 3}))
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                                       initializer_range=0.2))
-    llm.save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    MiniLlava.from_components(str(root / "tower"), str(root / "llm")).save_pretrained(root / "model")
+    MiniLlava.from_components("tiny-clip", "tiny-llama").save_pretrained(root / "model")
     return root / "model"
 
 
@@ -178,7 +159,7 @@ def main() -> int:
             images = image_urls()
             asyncio.run(run_phase(base, 2, 2, images, 4, args.text_only))  # warm-up
             phases = [("sequential", 1, args.sequential)] + [(f"{n} clients", n, args.requests) for n in args.clients]
-            print(f"model: {args.model or 'tiny random (CLIP-style tower + 2-layer Llama)'}; "
+            print(f"model: {args.model or 'tiny random (tiny-clip + tiny-llama)'}; "
                   f"{args.max_tokens} greedy tokens per request, streamed; "
                   f"{'text only' if args.text_only else 'one image per request'}; batches of up to "
                   f"{args.max_batch_size}; {os.cpu_count()} CPU cores")
