@@ -93,6 +93,14 @@ def test_plain_template_learns_the_caption_after_the_image(encoder):
     assert encoder.tokenizer.decode(span[:-1]) == "A red ball." and span[-1] == encoder.tokenizer.eos_token_id
 
 
+def test_plain_generation_prompt_is_the_image_alone(encoder):
+    # Ending the prompt with the caption's eos made a stage-1 model start its caption after an end of text.
+    conv = Conversation([Turn("user", "<image>")], images=["a.png"], template="plain")
+    sample = encoder.encode(conv, add_generation_prompt=True)
+    assert sample.input_ids == [encoder.image_token_id] * SLOTS
+    assert sample.num_labels == 0
+
+
 def test_truncation_never_cuts_inside_an_image(encoder):
     conv = Conversation([Turn("user", "Look <image> and <image> now"), Turn("assistant", "ok")],
                         images=["a.png", "b.png"])

@@ -87,7 +87,7 @@ class ConversationEncoder:
     # -- whole conversations ------------------------------------------------------------------------------
     def encode(self, conversation: Conversation, add_generation_prompt: bool = False) -> EncodedSample:
         if conversation.template == "plain":
-            ids, labels = self._encode_plain(conversation)
+            ids, labels = self._encode_plain(conversation, add_generation_prompt)
         else:
             ids, labels = self._encode_chat(conversation.turns, add_generation_prompt)
         num_slots = sum(1 for token in ids if token == self.image_token_id)
@@ -124,10 +124,16 @@ class ConversationEncoder:
             labels += [IGNORE_INDEX] * len(piece)
         return ids, labels
 
-    def _encode_plain(self, conversation: Conversation) -> tuple[list[int], list[int]]:
-        """LLaVA-Pretrain: the image slots, then the caption and eos, which are learned."""
+    def _encode_plain(self, conversation: Conversation, add_generation_prompt: bool = False
+                      ) -> tuple[list[int], list[int]]:
+        """LLaVA-Pretrain: the image slots, then the caption and eos, which are learned.
+
+        As a generation prompt it is the image slots alone: the model writes the caption.
+        """
         replies = [t.content for t in conversation.turns if t.role == "assistant"]
         slots = [self.image_token_id] * (self.tokens_per_image * len(conversation.images))
+        if add_generation_prompt:
+            return slots, [IGNORE_INDEX] * len(slots)
         caption = self.tokenizer.encode(" ".join(replies).strip(), add_special_tokens=False)
         caption.append(self.tokenizer.eos_token_id)
         return slots + caption, [IGNORE_INDEX] * len(slots) + caption
