@@ -11,6 +11,7 @@ import yaml
 
 TUNING_MODES = ("frozen", "full", "lora")
 PRECISIONS = ("fp32", "bf16", "fp16")
+PARALLEL = ("ddp", "fsdp")  # how a stage splits over the processes of a torchrun
 LORA_TARGETS = {  # exact names of the linear layers LoRA wraps
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -71,6 +72,9 @@ class StageConfig:
     precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA), fp16 (CUDA, with a grad scaler)
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the language model's decoder (dynamic shapes)
+    # Under torchrun: ddp keeps a whole model on every device; fsdp shards parameters, gradients and optimizer
+    # state over the devices (each LM decoder layer, then the rest), for language models that do not fit one.
+    parallel: str = "ddp"
     # Keep the frozen encoder's outputs on disk (a memmap in the stage folder) so later epochs skip it.
     feature_cache: bool = False
     feature_cache_dtype: str = "float16"  # float16 (half the disk) or float32
@@ -125,6 +129,11 @@ class TrainConfig:
                 raise ValueError(f"{where}: no data")
             if stage.precision not in PRECISIONS:
                 raise ValueError(f"{where}: precision {stage.precision!r}; choose one of {PRECISIONS}")
+            if stage.parallel not in PARALLEL:
+                raise ValueError(f"{where}: parallel {stage.parallel!r}; choose one of {PARALLEL}")
+            if stage.parallel == "fsdp" and stage.evals:
+                raise ValueError(f"{where}: evals (generation during training) do not run with parallel: fsdp; "
+                                 "keep val_data for a validation loss and evaluate final/ with `minillava eval`")
             if stage.schedule not in ("cosine", "constant"):
                 raise ValueError(f"{where}: schedule {stage.schedule!r}; choose cosine or constant")
             if stage.feature_cache and stage.vision.mode != "frozen":

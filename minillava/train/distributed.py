@@ -1,7 +1,7 @@
 """Data parallelism under torchrun: one process per device, NCCL on GPUs and gloo on CPUs.
 
 Every rank builds the same global batches and takes its own slice of each; gradients are averaged by
-DistributedDataParallel; only rank 0 writes files.
+DistributedDataParallel, or by FSDP when a stage says `parallel: fsdp` (see sharding.py); only rank 0 writes files.
 """
 
 from __future__ import annotations

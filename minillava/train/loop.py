@@ -27,7 +27,8 @@ from minillava.train.distributed import SINGLE_PROCESS, World, close_world, init
 from minillava.train.features import FeatureCache
 from minillava.train.metrics import MetricsLog, plot_losses
 from minillava.train.schedule import warmup_schedule
-from minillava.train.tuning import apply_tuning, cast_frozen_language_model, finalize, trainable_state
+from minillava.train.sharding import clip_gradients, gather_optimizer, gather_trainable, load_trainable, shard
+from minillava.train.tuning import apply_tuning, cast_frozen_language_model, finalize, param_groups, trainable_state
 
 log = logging.getLogger(__name__)
 DONE = "DONE"
@@ -132,27 +133,35 @@ class StageRun:
         world.barrier()
         self.device = pick_device(config.device, world)
         self.checkpoint = latest_checkpoint(stage_dir) if resume else None
+        self.previous = previous
         torch.manual_seed(self.seed)
         self.model = self._load_model(previous)
         stage = self.stage
         if stage.max_length:
             self.model.encoder.max_length = stage.max_length
-        groups = apply_tuning(self.model, stage)
-        self.params = [p for g in groups for p in g["params"]]
-        self.model.to(self.device)
+        apply_tuning(self.model, stage)
+        # Sharded, the model goes to the device one FSDP group at a time; otherwise whole, now.
+        self.sharded = world.distributed and stage.parallel == "fsdp"
+        if not self.sharded:
+            self.model.to(self.device)
         if stage.precision != "fp32":
             cast_frozen_language_model(self.model, torch.bfloat16 if stage.precision == "bf16" else torch.float16)
         if stage.gradient_checkpointing:
             self.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
         if stage.compile:
             self.model.language_model.get_decoder().compile(dynamic=True)
-        # The module that runs forward passes: the model itself, or its DistributedDataParallel wrapper.
+        # The module that runs forward passes: the model itself (sharded in place by FSDP), or its
+        # DistributedDataParallel wrapper.
         self.runner = self.model
-        if world.distributed:
+        if self.sharded:
+            shard(self.model, stage, self.device, world.size)
+        elif world.distributed:
             # Unused parameters are normal: a text-only batch leaves the projector out.
             self.runner = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True, broadcast_buffers=False)
+        groups = param_groups(self.model, stage)  # after sharding, which replaces every parameter by a new tensor
+        self.params = [p for g in groups for p in g["params"]]
         self.skips = SkipReport()
         self.train_set = TrainingSet(stage.data, self.model.encoder, self.skips)
         self.val_set = TrainingSet(stage.val_data, self.model.encoder, self.skips) if stage.val_data else None
@@ -194,10 +203,13 @@ class StageRun:
         trainable = {n for n, p in params.items() if p.requires_grad}
         if set(weights) != trainable:
             raise ValueError(f"{path}: its trainable tensors do not match this stage's (was the recipe changed?)")
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                params[name].copy_(tensor)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_trainable(self.model, self.optimizer, weights, state["optimizer"])
+        else:
+            with torch.no_grad():
+                for name, tensor in weights.items():
+                    params[name].copy_(tensor)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -216,13 +228,14 @@ class StageRun:
         log.info("stage %s: resumed from %s (step %d of %d)", self.stage.name, path, self.step, self.total_steps)
 
     def _save(self) -> Path | None:
-        """Every rank takes part (their RNG states are gathered); rank 0 writes."""
+        """Every rank takes part (their RNG states are gathered, and shards with FSDP); rank 0 writes."""
         rng = self.world.gather(capture_rng())
+        weights, optimizer = self._trainable_state()
         if not self.world.main:
             self.world.barrier()
             return None
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "rng": rng if self.world.distributed else rng[0],
@@ -232,9 +245,33 @@ class StageRun:
         }
         meta = {"stage": self.stage.name, "step": self.step, "total_steps": self.total_steps,
                 "config": self.config.to_dict()}
-        path = save_checkpoint(self.dir, self.step, trainable_state(self.model), state, meta, self.stage.keep_last)
+        path = save_checkpoint(self.dir, self.step, weights, state, meta, self.stage.keep_last)
         self.world.barrier()
         return path
+
+    def _trainable_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Whole trainable tensors and optimizer state on rank 0 (sharded, every rank must call this)."""
+        if not self.sharded:
+            return (trainable_state(self.model), self.optimizer.state_dict()) if self.world.main else ({}, {})
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        weights = {n: t for n, t in gather_trainable(self.model).items() if n in trainable}  # buffers left out
+        return weights, gather_optimizer(self.model, self.optimizer)
+
+    def _whole_model(self) -> MiniLlava | None:
+        """The trained model as one module on rank 0 (None elsewhere). Sharded, rank 0 builds the stage's
+        starting model again and loads the trained tensors into it; every rank must call this."""
+        if not self.sharded:
+            return self.model if self.world.main else None
+        trained = gather_trainable(self.model)
+        if not self.world.main:
+            return None
+        model = self._load_model(self.previous)
+        apply_tuning(model, self.stage)
+        unexpected = model.load_state_dict(trained, strict=False).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"stage {self.stage.name!r}: trained tensors missing from the rebuilt model: "
+                               f"{unexpected[:5]}")
+        return model
 
     def _log(self, record: dict) -> None:
         if self.metrics is not None:
@@ -359,8 +396,10 @@ class StageRun:
         loss_sum = 0.0
         for k, (batch, count) in enumerate(zip(batches, counts, strict=True)):
             last = k == len(batches) - 1
-            # DDP averages gradients over ranks; scaling by the world size turns that average into the sum.
-            sync = contextlib.nullcontext() if last or not self.world.distributed else self.runner.no_sync()
+            # DDP and FSDP average gradients over ranks; scaling by the world size turns that average into the sum.
+            # DDP reduces on the last micro-batch only; FSDP on each, so gradients stay sharded (see sharding.py).
+            accumulate = not last and self.world.distributed and not self.sharded
+            sync = self.runner.no_sync() if accumulate else contextlib.nullcontext()
             with sync:
                 out = self._forward(batch)
                 loss = out.loss * (count * self.world.size / total)
@@ -384,7 +423,7 @@ class StageRun:
         self.bad_in_row = 0
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, stage.max_grad_norm or float("inf"))
+        norm = clip_gradients(self.params, stage.max_grad_norm or float("inf"))
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -392,7 +431,7 @@ class StageRun:
             self.optimizer.step()
         self.scheduler.step()
         self.last_loss = loss_sum
-        return loss_sum, float(norm), samples, tokens
+        return loss_sum, norm, samples, tokens
 
     @torch.no_grad()
     def _validate(self) -> None:
@@ -401,9 +440,15 @@ class StageRun:
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
         order = self.world.shard(list(range(len(self.val_set))))
-        for start in range(0, len(order), self.stage.batch_size):
-            batch = self._make_batch(self.val_set, order[start : start + self.stage.batch_size])
+        starts = range(0, len(order), self.stage.batch_size)
+        # Sharded, every forward pass gathers weights with all ranks: each runs as many as the busiest rank.
+        rounds = max(self.world.gather(len(starts))) if self.sharded else len(starts)
+        for i in range(rounds):
+            indices = order[starts[i] : starts[i] + self.stage.batch_size] if i < len(starts) else []
+            batch = self._make_batch(self.val_set, indices) if indices else None
             if batch is None:
+                if self.sharded:
+                    self._idle_forward()
                 continue
             with self._autocast():  # the bare model: no gradient synchronisation to take part in
                 out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
@@ -417,6 +462,12 @@ class StageRun:
             self._log({"step": self.step, "val_loss": round(self.last_val, 6)})
             if self.world.main:
                 log.info("%s step %d: validation loss %.4f", self.stage.name, self.step, self.last_val)
+
+    def _idle_forward(self) -> None:
+        """A one-token forward pass with no loss: this rank's part in the others' weight gathering."""
+        ids = torch.full((1, 1), self.model.tokenizer.pad_token_id, device=self.device)
+        with self._autocast():
+            self.model(ids)
 
     @torch.no_grad()
     def _run_evals(self) -> None:
@@ -448,10 +499,11 @@ class StageRun:
         if self.cache is not None and self.world.main:
             log.info("%s: feature cache %s holds %d images (%d reads, %d encodes this run)", self.stage.name,
                      self.cache.folder, len(self.cache), self.cache.hits, self.cache.misses)
+        model = self._whole_model()
         if not self.world.main:
             self.world.barrier()
             return summary
-        model = finalize(self.model, self.stage)
+        model = finalize(model, self.stage)
         with atomic_folder(final) as tmp:
             model.save_pretrained(tmp)
         plot_losses(self.dir / "metrics.jsonl", self.dir / "loss.png", title=f"{self.stage.name}")

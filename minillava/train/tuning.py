@@ -21,6 +21,11 @@ def apply_tuning(model: MiniLlava, stage: StageConfig) -> list[dict]:
         model.language_model.requires_grad_(True)
     elif lm_tuning.mode == "lora":
         model.language_model = get_peft_model(model.language_model, lora_config(lm_tuning))
+    return param_groups(model, stage)
+
+
+def param_groups(model: MiniLlava, stage: StageConfig) -> list[dict]:
+    """AdamW parameter groups of the trainable tensors, one per component (again after sharding replaced them)."""
     groups = []
     for name in COMPONENTS:
         tuning: Tuning = getattr(stage, name)
