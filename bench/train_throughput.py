@@ -13,6 +13,7 @@ torch's FlopCounterMode on one step) is printed against this machine's measured 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -64,7 +65,8 @@ class NaiveLoop:
 
     def __init__(self, run: StageRun):
         self.run = run
-        self.model = run.model
+        # Its own fp32 copy: the stage run stores the frozen LM in bf16, which would quietly make this loop bf16.
+        self.model = copy.deepcopy(run.model).float()
         self.samples = run.train_set.samples
         self.max_len = max(len(s.input_ids) for s in self.samples)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
