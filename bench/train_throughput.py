@@ -4,8 +4,9 @@ The naive loop is written the way the well-known SimpleLLaVA tutorial trains: fp
 every step, logits over the whole sequence, every batch padded to the data set's longest sample. Ours is the
 real training step (`minillava.train.loop.StageRun`): bf16 autocast, loss only at labelled positions,
 length-grouped batches and, in stage 1, encoder outputs read from the on-disk feature cache. Both train the
-same model on the same synthetic shapes data with the same optimizer settings. Achieved FLOP/s (counted with
-torch's FlopCounterMode on one step) is printed against this machine's measured matmul peak.
+same model (the naive loop an fp32 copy of it) on the same synthetic shapes data with the same optimizer
+settings. Achieved FLOP/s (counted with torch's FlopCounterMode on one step) is printed against this machine's
+measured matmul peak.
 
     python bench/train_throughput.py [--vision efficientnet-lite0] [--llm smollm2-135m-instruct] [--steps 6]
 """
