@@ -10,8 +10,8 @@ from minillava.model.llava import COMPONENTS
 from minillava.train.config import LORA_TARGETS, StageConfig, Tuning
 
 
-def apply_tuning(model: MiniLlava, stage: StageConfig) -> list[dict]:
-    """Freeze or unfreeze each component, wrap the LM in LoRA if asked; returns AdamW parameter groups."""
+def apply_tuning(model: MiniLlava, stage: StageConfig) -> None:
+    """Freeze or unfreeze each component and wrap the LM in LoRA if asked (`param_groups` then lists what trains)."""
     model.requires_grad_(False)
     model.vision.freeze(stage.vision.mode == "frozen")
     if stage.projector.mode == "full":
@@ -21,11 +21,11 @@ def apply_tuning(model: MiniLlava, stage: StageConfig) -> list[dict]:
         model.language_model.requires_grad_(True)
     elif lm_tuning.mode == "lora":
         model.language_model = get_peft_model(model.language_model, lora_config(lm_tuning))
-    return param_groups(model, stage)
 
 
 def param_groups(model: MiniLlava, stage: StageConfig) -> list[dict]:
-    """AdamW parameter groups of the trainable tensors, one per component (again after sharding replaced them)."""
+    """AdamW parameter groups of the trainable tensors, one per component; build them after sharding, which
+    replaces every parameter."""
     groups = []
     for name in COMPONENTS:
         tuning: Tuning = getattr(stage, name)
