@@ -6,10 +6,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from minillava.data.collate import Batch
 from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, Turn
+from minillava.model.kv_cache import PreallocatedCache
 from minillava.model.sampling import GenerationConfig, choose_next
 
 
@@ -116,7 +116,7 @@ class GenerationRun:
         seen[rows, ids[rows, cols]] = True
         finished = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
         pad = self.tokenizer.pad_token_id
-        cache = DynamicCache() if config.use_cache else None
+        cache = PreallocatedCache(ids.shape[1] + config.max_new_tokens) if config.use_cache else None
         out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
                  use_cache=config.use_cache, logits_to_keep=1)
         for _ in range(config.max_new_tokens):

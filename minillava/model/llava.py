@@ -17,6 +17,7 @@ from minillava.data.conversation import Conversation, ImageSource
 from minillava.data.images import load_images
 from minillava.data.tokenize import IGNORE_INDEX, ConversationEncoder
 from minillava.model.config import MiniLlavaConfig
+from minillava.model.cpu_linear import use_onednn_linears
 from minillava.model.generation import Generation, GenerationRun, build_prompt, generate, stream
 from minillava.model.language import load_language_model, load_tokenizer, resolve_llm
 from minillava.model.projectors import Projector, build_projector
@@ -53,6 +54,7 @@ class MiniLlava(nn.Module):
         self.tokens_per_image = projector.num_tokens(vision.num_tokens)
         self.encoder = ConversationEncoder(tokenizer, self.image_token_id, self.tokens_per_image,
                                            config.max_length)
+        use_onednn_linears(self)  # faster float32 inference on CPU; training and other dtypes unchanged
 
     # -- building, saving, loading ------------------------------------------------------------------------
     @classmethod
