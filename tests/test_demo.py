@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from minillava.demo.data import demo_recipe
 from minillava.demo.presets import PRESETS
-from minillava.demo.report import check_targets
+from minillava.demo.report import check_targets, targets_table
 from minillava.model import MiniLlava
+from minillava.train.config import load_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def test_recipe_moves_paths_under_the_output_and_drops_missing_fashion(tmp_path):
@@ -27,6 +31,22 @@ def test_targets_are_checked_against_the_numbers():
     assert met["shapes overall >= 90%"] and met["shapes color >= 95%"] and not met["shapes shape >= 95%"]
     assert met["fashion item >= 85%"] is None  # no fashion data: not judged
     assert met["shapes yes-ratio in 0.4-0.6"] is False
+
+
+def test_targets_table_has_a_column_per_stage():
+    align = {"shapes": {"accuracy": 0.1, "by_kind": {"color": 0.0}, "yes_ratio": 1.0}}
+    instruct = {"shapes": {"accuracy": 0.92, "by_kind": {"color": 0.96}, "yes_ratio": 0.5}}
+    lines = targets_table({"align": align, "instruct": instruct}).splitlines()
+    assert lines[0] == "| target | align | instruct |"
+    assert "| shapes overall >= 90% | 0.100 missed | 0.920 met |" in lines
+    assert "| shapes color >= 95% | 0.000 missed | 0.960 met |" in lines
+    assert "| fashion item >= 85% | - | - |" in lines
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_shipped_recipes_parse(recipe):
+    config = load_recipe(RECIPES / recipe, [])
+    assert config.stages and all(stage.data for stage in config.stages)
 
 
 @pytest.mark.embedded

@@ -28,6 +28,19 @@ def check_targets(stage: dict) -> list[dict]:
     return rows
 
 
+def targets_table(stages: dict[str, dict]) -> str:
+    """Markdown: one row per target, one column per stage (or model): the value and whether it is met."""
+    checked = {name: check_targets(stage) for name, stage in stages.items()}
+    lines = ["| target | " + " | ".join(checked) + " |", "|---|" + "---:|" * len(checked)]
+    for i, row in enumerate(next(iter(checked.values()))):
+        cells = []
+        for rows in checked.values():
+            value, met = rows[i]["value"], rows[i]["met"]
+            cells.append("-" if value is None else f"{value:.3f} {'met' if met else 'missed'}")
+        lines.append(f"| {row['target']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -91,12 +104,9 @@ def write_report(results: dict, path: Path) -> None:
         val = "-" if s["final_val_loss"] is None else f"{s['final_val_loss']:.3f}"
         lines.append(f"| {s['stage']} | {s['steps']} | {s['samples']} | {s['seconds']:.0f} | "
                      f"{s['final_train_loss']:.3f} | {val} | {s['skipped']['total']} |")
-    lines += ["", "![loss curves](loss.png)", "", "## Targets (after the last stage)", "",
-              "| target | value | met |", "|---|---:|---|"]
-    for t in results["targets"]:
-        value = "-" if t["value"] is None else f"{t['value']:.3f}"
-        lines.append(f"| {t['target']} | {value} | {'-' if t['met'] is None else 'yes' if t['met'] else 'no'} |")
-    lines += ["", "## Held-out images: what each stage answers", "",
+    lines += ["", "![loss curves](loss.png)", "", "## Targets (for the full preset)", "",
+              targets_table(results["stages"]),
+              "", "## Held-out images: what each stage answers", "",
               "After stage 1 the model has only learned to describe images, so it answers questions with a caption; "
               "after stage 2 it answers in the format the question asks for.", "",
               *_answers_table("image", results["samples"], names),

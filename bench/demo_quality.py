@@ -1,0 +1,69 @@
+"""The demo's quality targets, measured: accuracy per data set and question kind on held-out data, target by target.
+
+Without --model, runs `minillava demo` (the full preset unless told) and scores both stages, so the stage-1-only
+model shows the gap. With --model, scores model folders (say, a longer stage 2, recipes/demo-more-steps.yaml) on
+the same held-out questions, which the demo writes deterministically under its data folder.
+
+    python bench/demo_quality.py                                   # the full demo in runs/demo, ~11 min on 2 cores
+    python bench/demo_quality.py --preset long --out runs/demo-long
+    python bench/demo_quality.py --model runs/demo/final runs/demo-more-steps/instruct/final
+
+Accuracy is VQA accuracy (exact match after VQA normalisation) for open questions and POPE accuracy for yes/no;
+the targets are the README's. It measures quality only: timings are in the demo's results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from minillava.demo.data import fashion_ready, held_out_sets
+from minillava.demo.presets import PRESETS
+from minillava.demo.report import accuracy_table, targets_table
+from minillava.demo.run import evaluate_stage, run_demo
+from minillava.model import MiniLlava
+
+
+def score_models(folders: list[str], data: Path, preset: str, batch_size: int) -> dict[str, dict]:
+    sets = held_out_sets(PRESETS.get(preset), data, fashion_ready())
+    stages = {}
+    for folder in folders:
+        model = MiniLlava.from_pretrained(folder)
+        with torch.inference_mode():
+            scored = evaluate_stage(model, sets, batch_size)
+        stages[folder] = {name: {k: v for k, v in r.items() if k != "predictions"} for name, r in scored.items()}
+    return stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="full", help="demo preset (sets the number of held-out questions)")
+    parser.add_argument("--out", default="runs/demo", help="the demo's output folder")
+    parser.add_argument("--model", nargs="+", help="score these model folders instead of running the demo")
+    parser.add_argument("--data", help="held-out data folder for --model (default: OUT/data)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--json", help="also write the scores here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.model:
+        stages = score_models(args.model, Path(args.data or Path(args.out) / "data"), args.preset, args.batch_size)
+    else:
+        results = run_demo(args.preset, args.out)
+        stages = results["stages"]
+        print(f"\n{args.preset} preset: trained in {results['seconds']['train']:.0f} s, "
+              f"evaluated in {results['seconds']['evaluate']:.0f} s")
+    print("\nAccuracy on held-out data (%):\n")
+    print(accuracy_table({"stages": stages}))
+    print("\nTargets (for the full preset):\n")
+    print(targets_table(stages))
+    if args.json:
+        Path(args.json).write_text(json.dumps(stages, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
