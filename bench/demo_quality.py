@@ -58,7 +58,7 @@ def main() -> None:
         print(f"\n{args.preset} preset: trained in {results['seconds']['train']:.0f} s, "
               f"evaluated in {results['seconds']['evaluate']:.0f} s")
     print("\nAccuracy on held-out data (%):\n")
-    print(accuracy_table({"stages": stages}))
+    print(accuracy_table({"stages": stages}, column="after {} (%)" if not args.model else "{} (%)"))
     print("\nTargets (for the full preset):\n")
     print(targets_table(stages))
     if args.json:

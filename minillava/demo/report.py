@@ -45,11 +45,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def accuracy_table(results: dict) -> str:
-    """Markdown: one row per data set and kind, one column per stage."""
+def accuracy_table(results: dict, column: str = "after {} (%)") -> str:
+    """Markdown: one row per data set and kind, one column per stage (its header: `column` with the name)."""
     stages = results["stages"]
     names = list(stages)
-    lines = ["| data | question kind | n | " + " | ".join(f"after {n} (%)" for n in names) + " |",
+    lines = ["| data | question kind | n | " + " | ".join(column.format(n) for n in names) + " |",
              "|---|---|---:|" + "---:|" * len(names)]
     first = stages[names[0]]
     for data, entry in first.items():
