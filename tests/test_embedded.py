@@ -27,15 +27,19 @@ def test_default_pair(model):
 
 def test_efficientnet_states_as_feature_layers(model):
     from minillava.model.config import VisionConfig
-    from minillava.model.vision.efficientnet import EfficientNetLite0
+    from minillava.model.vision.efficientnet import EfficientNetLite0, grid_positions
 
-    # The default: blocks 10 (112 channels at 14 x 14, pooled to 7 x 7) and 15 (320 channels), each normalised.
-    assert model.config.vision.feature_layer == [11, 16] and model.vision.hidden_size == 112 + 320
-    pixels = model.pixel_values([Image.new("RGB", (224, 224), (200, 120, 40))])
+    # The default: blocks 10 (112 channels at 14 x 14, pooled to 7 x 7) and 15 (320 channels), each normalised,
+    # then 16 position channels.
+    assert model.config.vision.feature_layer == [11, 16] and model.vision.hidden_size == 112 + 320 + 16
+    pixels = model.pixel_values([Image.new("RGB", (224, 224), (200, 120, 40))] * 2)
     features = model.vision(pixels)
-    assert features.shape == (1, 49, 432)
-    assert torch.allclose(features[..., :112].std(-1), torch.ones(1, 49), atol=0.01)
-    head = EfficientNetLite0(VisionConfig(feature_layer=-1))  # state 17: the library's own final map
+    assert features.shape == (2, 49, 448)
+    assert torch.allclose(features[..., :112].std(-1), torch.ones(2, 49), atol=0.01)
+    assert torch.equal(features[0, :, 432:], grid_positions((7, 7), 16)) and torch.equal(features[0], features[1])
+    pixels = pixels[:1]
+    # state 17: the library's own final map
+    head = EfficientNetLite0(VisionConfig(feature_layer=-1, position_channels=0))
     with torch.no_grad():
         reference = head.net.extract_features(pixels).flatten(2).transpose(1, 2)
     assert head.hidden_size == 1280

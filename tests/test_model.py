@@ -39,6 +39,34 @@ def test_feature_layers_concatenate(tiny_towers, tiny_llms):
         make(tiny_towers, tiny_llms, feature_layer=9)
 
 
+def test_vit_towers_take_no_position_channels(tiny_towers, tiny_llms):
+    assert make(tiny_towers, tiny_llms).config.vision.position_channels == 0
+    with pytest.raises(ValueError, match="own position embeddings"):
+        make(tiny_towers, tiny_llms, position_channels=16)
+
+
+def test_position_channels_order_cells_and_tell_them_apart():
+    from minillava.model.vision.efficientnet import grid_positions
+
+    positions = grid_positions((7, 7), 16)
+    assert positions.shape == (49, 16) and positions.abs().max() <= 1
+    assert len({tuple(row.tolist()) for row in positions.round(decimals=4)}) == 49
+    # cos(pi u) of the column (channel 12: column coordinate, cosine, lowest frequency) falls left to right
+    # and is the same down a column; the row's (channel 4) falls top to bottom.
+    grid = positions.reshape(7, 7, 16)
+    assert (grid[:, 1:, 12] < grid[:, :-1, 12]).all() and torch.allclose(grid[1:, :, 12], grid[:-1, :, 12])
+    assert (grid[1:, :, 4] < grid[:-1, :, 4]).all()
+    assert grid_positions((7, 7), 0).shape == (49, 0)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        grid_positions((7, 7), 6)
+
+
+def test_folders_written_before_position_channels_keep_none():
+    old = MiniLlavaConfig.from_dict({"vision": {"name": "efficientnet-lite0", "feature_layer": [11, 16]}})
+    assert old.vision.position_channels == 0
+    assert MiniLlavaConfig().vision.position_channels == 16  # new models get the encoder's default
+
+
 @pytest.mark.parametrize(("projector", "tokens"), [("linear", 16), ("mlp3x_gelu", 16),
                                                    ("pixel_shuffle_mlp2x_gelu", 4)])
 def test_projectors(tiny_towers, tiny_llms, projector, tokens):

@@ -97,7 +97,8 @@ def _starting_model(folder: Path, config: dict, index: int, dtype: torch.dtype) 
     seed = config["seed"] + index  # the seed training gave the new projector
     return MiniLlava.from_components(spec["vision"], spec["llm"], spec["projector"], seed=seed, dtype=dtype,
                                      feature_layer=spec["feature_layer"], select=spec["select"],
-                                     image_aspect=spec["image_aspect"], image_size=spec["image_size"])
+                                     image_aspect=spec["image_aspect"], image_size=spec["image_size"],
+                                     position_channels=spec.get("position_channels", 0))  # absent: older runs
 
 
 @torch.no_grad()

@@ -11,6 +11,9 @@ FORMAT_VERSION = 1
 # Per encoder, where it differs from LLaVA's penultimate layer (-2). EfficientNet-Lite0: blocks 10 and 15 keep
 # colour and shape, which its 1280-channel head loses (see minillava/model/vision/efficientnet.py).
 DEFAULT_FEATURE_LAYERS: dict[str, int | list[int]] = {"efficientnet-lite0": [11, 16]}
+# Per encoder, fixed 2-D sine/cosine channels appended to every token. A CNN's tokens say what is in a cell, not
+# where the cell is; ViT towers (CLIP, SigLIP, DINOv2) carry position embeddings of their own and take none.
+DEFAULT_POSITION_CHANNELS: dict[str, int] = {"efficientnet-lite0": 16}
 
 
 @dataclass
@@ -21,10 +24,13 @@ class VisionConfig:
     select: str = "default"  # "default" drops the CLS token, "full" keeps every token
     image_aspect: str = "pad"  # pad (LLaVA-1.5), crop, or squash
     image_size: int | None = None  # None: the encoder's own size
+    position_channels: int | None = None  # 2-D position channels per token (a multiple of 4); None: the default
 
     def __post_init__(self) -> None:
         if self.feature_layer is None:
             self.feature_layer = DEFAULT_FEATURE_LAYERS.get(self.name, -2)
+        if self.position_channels is None:
+            self.position_channels = DEFAULT_POSITION_CHANNELS.get(self.name, 0)
 
 
 @dataclass
@@ -51,7 +57,8 @@ class MiniLlavaConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown keys in minillava config: {sorted(unknown)}")
-        data["vision"] = VisionConfig(**data.get("vision", {}))
+        vision = {"position_channels": 0, **data.get("vision", {})}  # folders written before the option have none
+        data["vision"] = VisionConfig(**vision)
         return cls(**data)
 
     def save(self, folder: str | Path) -> None:

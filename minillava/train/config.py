@@ -98,6 +98,7 @@ class ModelSpec:
     select: str = "default"
     image_aspect: str = "pad"
     image_size: int | None = None
+    position_channels: int | None = None  # None: the encoder's default (EfficientNet-Lite0 16, ViTs 0)
 
 
 @dataclass

@@ -3,7 +3,10 @@
 The network's states are numbered like a transformer's hidden states: 0 is the stem, 1-16 the outputs of the 16
 blocks, 17 (or -1) the 1280-channel head. A list of states is concatenated channel-wise after each map is
 average-pooled to the last map's grid (7 x 7 at 224 px), so the token count stays 49 whatever the layers, and
-normalised per token (layer norm without weights), so maps of different scales mix evenly.
+normalised per token (layer norm without weights), so maps of different scales mix evenly. Convolutions are
+translation-equivariant, so a token says what is in its cell but not where the cell is: fixed 2-D sine/cosine
+channels of the cell's centre are appended (`position_channels`), which "is the star left or right of the
+square?" needs.
 Mid-level maps keep colour and shape, which the head (trained for ImageNet classes) largely discards; a linear
 probe per token (bench/encoder_probe.py) shows it.
 """
@@ -48,11 +51,13 @@ class EfficientNetLite0(VisionEncoder):
                 raise ValueError(f"{EFFICIENTNET_NAME}: feature layer {layer} is out of range; states are 0 (stem), "
                                  f"1-{len(widths) - 2} (blocks) and {len(widths) - 1} or -1 (head)")
         self.layers = [layer % len(widths) for layer in layers]
-        self.hidden_size = sum(widths[layer] for layer in self.layers)
         size = config.image_size or NATIVE_SIZE
         side = math.ceil(size / STRIDE)
         self.grid = (side, side)
         self.num_tokens = side * side
+        self.register_buffer("positions", grid_positions(self.grid, config.position_channels).to(dtype),
+                             persistent=False)
+        self.hidden_size = sum(widths[layer] for layer in self.layers) + config.position_channels
         # Inputs scaled to [-1, 1] suited this network better than ImageNet mean/std.
         self.transform = ImageTransform(
             size=(size, size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode=config.image_aspect
@@ -73,4 +78,25 @@ class EfficientNetLite0(VisionEncoder):
         # Each map is normalised per token: block outputs are linear projections with scales of 2-5 (the head's
         # are below 1), and unnormalised they reach the language model at five times its embeddings' norm.
         maps = [F.adaptive_avg_pool2d(states[layer], self.grid).flatten(2).transpose(1, 2) for layer in self.layers]
-        return torch.cat([F.layer_norm(m, m.shape[-1:]) for m in maps], dim=-1)  # (B, h * w, channels)
+        maps = [F.layer_norm(m, m.shape[-1:]) for m in maps]
+        if self.positions.shape[-1]:
+            maps.append(self.positions.to(maps[0].dtype).expand(maps[0].shape[0], -1, -1))
+        return torch.cat(maps, dim=-1)  # (B, h * w, channels)
+
+
+def grid_positions(grid: tuple[int, int], channels: int) -> torch.Tensor:
+    """(h * w, channels): sin and cos of each cell centre's row and column at channels / 4 frequencies.
+
+    Frequency k (1, 2, ...) gives sin(pi k u) and cos(pi k u) of the coordinate u in (0, 1); cos(pi u) alone
+    orders left to right, the higher ones tell neighbouring cells apart. Values lie in [-1, 1], the scale of the
+    layer-normed features beside them.
+    """
+    if channels < 0 or channels % 4:
+        raise ValueError(f"position_channels must be a non-negative multiple of 4 (got {channels})")
+    h, w = grid
+    rows = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+    cols = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+    u = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(h * w, 2)  # (row, col) per token
+    k = torch.arange(1, channels // 4 + 1, dtype=torch.float64)
+    angles = math.pi * u[:, :, None] * k  # (tokens, 2, channels / 4)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(h * w, channels).float()

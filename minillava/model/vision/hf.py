@@ -27,6 +27,9 @@ class HFVisionTower(VisionEncoder):
             raise ValueError(f"vision select strategy {config.select!r}: choose one of {SELECT_STRATEGIES}")
         if config.image_size is not None:
             raise ValueError(f"{config.name} towers take the image size of their preprocessor; unset image_size")
+        if config.position_channels:
+            raise ValueError(f"{config.name} tokens carry the tower's own position embeddings; "
+                             f"position_channels must be 0 (got {config.position_channels})")
         folder = resolve_tower(config.path)
         self.tower = self.model_class.from_pretrained(folder, dtype=dtype)
         self.layers = config.feature_layer if isinstance(config.feature_layer, list) else [config.feature_layer]
