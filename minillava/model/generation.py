@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -117,7 +118,8 @@ class GenerationRun:
         finished = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
         pad = self.tokenizer.pad_token_id
         cache = PreallocatedCache(ids.shape[1] + config.max_new_tokens) if config.use_cache else None
-        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        cache_kwarg = {cache_keyword(lm): cache}
+        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **cache_kwarg,
                  use_cache=config.use_cache, logits_to_keep=1)
         for _ in range(config.max_new_tokens):
             token = choose_next(out.logits[:, -1], seen, config, generator)
@@ -130,11 +132,17 @@ class GenerationRun:
             positions = torch.cat([positions, next_position], dim=1)
             if config.use_cache:
                 out = lm(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                         past_key_values=cache, use_cache=True)
+                         **cache_kwarg, use_cache=True)
             else:
                 embeds = torch.cat([embeds, lm.get_input_embeddings()(token[:, None])], dim=1)
                 out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
                          logits_to_keep=1)
+
+
+def cache_keyword(lm) -> str:
+    """The forward's name for the KV cache: transformers 5.24 renamed `past_key_values` to `cache` (the old
+    name warns on every call until it goes in 5.40); earlier 5.x releases and some architectures know only it."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def generate(model, conversations: Sequence[Conversation], config: GenerationConfig | None = None
