@@ -27,7 +27,7 @@ for _preset in (
         "stages.align.batch_size=8", "stages.align.max_steps=8", "stages.align.eval_every=0",
         "stages.align.save_every=4",
         "stages.instruct.batch_size=8", "stages.instruct.max_steps=12", "stages.instruct.eval_every=0",
-        "stages.instruct.save_every=4",
+        "stages.instruct.save_every=0",  # end only: stage 2 checkpoints hold the whole language model
     ), eval_per_kind=4, shapes_test_images=12, fashion_test_images=10, shown=2, photo_questions=8),
     Preset("full", "the default: about twelve minutes on 2 CPU cores, the targets of the README", (),
            eval_per_kind=40, shapes_test_images=120, fashion_test_images=80),
