@@ -20,6 +20,7 @@ from minillava.model import MiniLlava
 from minillava.model.config import CONFIG_NAME
 from minillava.model.llava import COMPONENTS
 from minillava.train.checkpoint import COMPLETE, META, WEIGHTS, latest_checkpoint
+from minillava.train.config import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,10 @@ def _starting_model(folder: Path, config: dict, index: int, dtype: torch.dtype) 
         if not (previous / CONFIG_NAME).is_file():
             raise MergeError(f"{folder}: the stage starts from {previous}, which is missing")
         return MiniLlava.from_pretrained(previous, dtype=dtype)
-    spec = config["model"]
+    spec = ModelSpec(**{"position_channels": 0, **config["model"]})  # runs written before the option had none
     seed = config["seed"] + index  # the seed training gave the new projector
-    return MiniLlava.from_components(spec["vision"], spec["llm"], spec["projector"], seed=seed, dtype=dtype,
-                                     feature_layer=spec["feature_layer"], select=spec["select"],
-                                     image_aspect=spec["image_aspect"], image_size=spec["image_size"],
-                                     position_channels=spec.get("position_channels", 0))  # absent: older runs
+    return MiniLlava.from_components(spec.vision, spec.llm, spec.projector, seed=seed, dtype=dtype,
+                                     **spec.vision_options())
 
 
 @torch.no_grad()

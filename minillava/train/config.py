@@ -100,6 +100,11 @@ class ModelSpec:
     image_size: int | None = None
     position_channels: int | None = None  # None: the encoder's default (EfficientNet-Lite0 16, ViTs 0)
 
+    def vision_options(self) -> dict:
+        """The vision settings, as `MiniLlava.from_components` takes them after the three component names."""
+        return {"feature_layer": self.feature_layer, "select": self.select, "image_aspect": self.image_aspect,
+                "image_size": self.image_size, "position_channels": self.position_channels}
+
 
 @dataclass
 class TrainConfig:

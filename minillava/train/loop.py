@@ -194,9 +194,7 @@ class StageRun:
             return MiniLlava.from_pretrained(source)
         spec = self.config.model
         return MiniLlava.from_components(spec.vision, spec.llm, spec.projector, seed=self.seed,
-                                         feature_layer=spec.feature_layer, select=spec.select,
-                                         image_aspect=spec.image_aspect, image_size=spec.image_size,
-                                         position_channels=spec.position_channels)
+                                         **spec.vision_options())
 
     def _restore(self, path: Path) -> None:
         weights, state, meta = load_checkpoint(path)
