@@ -97,3 +97,32 @@ def test_linear_reference_is_the_functional_one():
     x = torch.randn(3, 48, dtype=torch.float64)
     torch.testing.assert_close(fast.double()(x), F.linear(x, plain.weight.double(), plain.bias.double()),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("llm", ["llama", "qwen2"])
+def test_eager_attention_trains_as_sdpa_does_and_is_not_saved(tiny_towers, tiny_llms, images, llm, tmp_path):
+    """A stage's `attention: eager` changes the kernel only: same loss and gradients on a padded batch, and the
+    saved model loads with the default kernel."""
+    from minillava.data.conversation import Conversation, Turn
+    from minillava.model.language import set_attention
+
+    model = MiniLlava.from_components(tiny_towers["clip"], tiny_llms[llm])
+    lm = model.language_model
+    default = lm.config._attn_implementation
+    conversations = [Conversation([Turn("user", "<image>\nWhat is it?"), Turn("assistant", "A red square.")],
+                                  images=[images[0]]),
+                     Conversation([Turn("user", "Hi"), Turn("assistant", "Hello there, how can I help?")])]
+    batch = model.prepare(conversations)
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        out = model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in lm.parameters()]
+
+    reference = loss_and_grads()
+    set_attention(lm, "eager")
+    assert lm.config._attn_implementation == "eager"
+    torch.testing.assert_close(loss_and_grads(), reference, rtol=1e-4, atol=1e-5)
+    model.save_pretrained(tmp_path / "saved")
+    assert MiniLlava.from_pretrained(tmp_path / "saved").language_model.config._attn_implementation == default

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+import transformers
 from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from minillava.model.embedded import SMOLLM2_NAME, TINY_LLAMA_NAME, smollm2_folder, tiny_llama_folder
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_LLMS = {SMOLLM2_NAME: smollm2_folder, TINY_LLAMA_NAME: tiny_llama_folder}
 
@@ -35,6 +39,18 @@ def load_language_model(spec: str, dtype: torch.dtype = torch.float32, base: str
                         ) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(resolve_llm(spec, base), dtype=dtype)
     return model.eval()
+
+
+def set_attention(model: PreTrainedModel, implementation: str) -> None:
+    """Switch the attention kernel ("sdpa", "eager") of a loaded model; older transformers without the switch keep
+    the kernel they loaded with, and say so."""
+    if getattr(model.config, "_attn_implementation", None) == implementation:
+        return
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(implementation)
+    else:
+        log.warning("transformers %s cannot switch attention after loading; keeping %s (asked for %s)",
+                    transformers.__version__, model.config._attn_implementation, implementation)
 
 
 def load_tokenizer(source: str | Path, image_token: str) -> PreTrainedTokenizerBase:

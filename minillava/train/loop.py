@@ -19,6 +19,7 @@ from tqdm import tqdm
 from minillava.data.collate import Batch
 from minillava.data.tokenize import IGNORE_INDEX
 from minillava.model import MiniLlava
+from minillava.model.language import set_attention
 from minillava.paths import atomic_folder
 from minillava.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from minillava.train.config import StageConfig, TrainConfig
@@ -139,6 +140,7 @@ class StageRun:
         stage = self.stage
         if stage.max_length:
             self.model.encoder.max_length = stage.max_length
+        set_attention(self.model.language_model, stage.attention)
         apply_tuning(self.model, stage)
         # Sharded, the model goes to the device one FSDP group at a time; otherwise whole, now.
         self.sharded = world.distributed and stage.parallel == "fsdp"
