@@ -1,11 +1,13 @@
 """The language model's attention kernel in training: torch's fused SDPA against eager (matmul + softmax).
 
-Runs the demo's stage-2 step (the embedded model, the whole language model trained, bf16 autocast, multi-turn
-shapes conversations from the feature cache) and times forward + backward on the same batches, the two kernels
-taking turns batch by batch, so a shared machine's load falls on both alike. Prints the median seconds per
-batch of each, the ratio, and the largest loss difference (the kernels compute the same function).
+Runs one of the demo's training steps on the embedded model with bf16 autocast and the feature cache: stage 2
+(`--stage instruct`: the whole language model trained on multi-turn shapes conversations) or stage 1
+(`--stage align`: the projector only, on captions in the chat template), and times forward + backward on the
+same batches, the two kernels taking turns batch by batch, so a shared machine's load falls on both alike.
+Prints the median seconds per batch of each, the ratio, and the largest loss difference (the kernels compute
+the same function; bf16 rounds them differently).
 
-    python bench/attention_kernels.py [--images 48] [--batch-size 4] [--rounds 3]
+    python bench/attention_kernels.py [--stage instruct|align] [--images 48] [--batch-size 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ KERNELS = ("sdpa", "eager")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=("instruct", "align"), default="instruct")
     parser.add_argument("--llm", default="smollm2-135m-instruct")
     parser.add_argument("--images", type=int, default=48, help="synthetic shapes images (one conversation each)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -37,10 +40,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp, "shapes")
         synthesize_shapes(data, n=args.images, seed=0, image_size=224)
-        stage = StageConfig(name="instruct", data=[DataSource(str(data / "conversations.json"))],
-                            projector=Tuning(mode="full"), language_model=Tuning(mode="full", lr=1e-4),
-                            lr=1e-3, batch_size=args.batch_size, precision="bf16", feature_cache=True,
-                            max_steps=10_000)
+        if args.stage == "instruct":
+            source, language_model = DataSource(str(data / "conversations.json")), Tuning(mode="full", lr=1e-4)
+        else:
+            source, language_model = DataSource(str(data / "captions.json"), format="llava"), Tuning()
+        stage = StageConfig(name=args.stage, data=[source], projector=Tuning(mode="full"),
+                            language_model=language_model, lr=1e-3, batch_size=args.batch_size,
+                            precision="bf16", feature_cache=True, max_steps=10_000)
         config = TrainConfig(output_dir=tmp, device="cpu", model=ModelSpec(llm=args.llm), stages=[stage])
         run = StageRun(config, 0, Path(tmp, "run"), previous=None, resume=False)
         run.model.train()
@@ -61,7 +67,7 @@ def main() -> None:
                     seconds[kernel].append(time.perf_counter() - start)
                     losses[kernel].append(float(loss.detach()))
     median = {k: statistics.median(v) for k, v in seconds.items()}
-    print(f"stage-2 forward + backward, {args.llm}, batch {args.batch_size}, {len(batches)} batches of "
+    print(f"{args.stage} forward + backward, {args.llm}, batch {args.batch_size}, {len(batches)} batches of "
           f"{min(lengths)}-{max(lengths)} tokens, {args.rounds} rounds, {torch.get_num_threads()} threads")
     for kernel in KERNELS:
         print(f"{kernel:<6} {median[kernel]:.3f} s per batch (median)")
