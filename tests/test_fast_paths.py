@@ -9,9 +9,11 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import DynamicCache
 
+from minillava.data.conversation import Conversation, Turn
 from minillava.model import MiniLlava
 from minillava.model.cpu_linear import ONEDNN_LINEAR, OneDNNLinear, use_onednn, use_onednn_linears
 from minillava.model.kv_cache import PreallocatedCache
+from minillava.model.language import set_attention
 
 needs_onednn = pytest.mark.skipif(not ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
 
@@ -103,9 +105,6 @@ def test_linear_reference_is_the_functional_one():
 def test_eager_attention_trains_as_sdpa_does_and_is_not_saved(tiny_towers, tiny_llms, images, llm, tmp_path):
     """A stage's `attention: eager` changes the kernel only: same loss and gradients on a padded batch, and the
     saved model loads with the default kernel."""
-    from minillava.data.conversation import Conversation, Turn
-    from minillava.model.language import set_attention
-
     model = MiniLlava.from_components(tiny_towers["clip"], tiny_llms[llm])
     lm = model.language_model
     default = lm.config._attn_implementation
