@@ -151,9 +151,18 @@ def test_balanced_subset_and_layout(test_split: tuple[Path, list[dict], list[dic
     assert {r["kind"] for r in captions} == {"caption"}
     conversations = json.loads((out / "conversations.json").read_text())
     assert [c["image"] for c in conversations] == [i["image"] for i in items]
-    for conversation in conversations:  # item, category and both yes/no questions of the image, in one
-        answers = sorted(t["value"] for t in conversation["conversations"][1::2])
-        assert answers == sorted(r["answer"] for r in questions if r["image"] == conversation["image"])
+    for conversation in conversations:  # the image's questions that no earlier one gives away
+        turns = conversation["conversations"]
+        pairs = [(q["value"].removeprefix("<image>\n"), a["value"])
+                 for q, a in zip(turns[::2], turns[1::2], strict=True)]
+        singles = [(r["conversations"][0]["value"].removeprefix("<image>\n"), r["answer"]) for r in questions
+                   if r["image"] == conversation["image"]]
+        assert pairs and len(set(pairs)) == len(pairs) and set(pairs) <= set(singles)
+        assert turns[0]["value"].startswith("<image>\n")
+        # Once the item is said (its question, or a yes about it), every other answer follows: it ends there.
+        ends = [k for k, (_, answer) in enumerate(pairs) if answer == "yes" or answer in CLASS_NAMES]
+        assert ends in ([], [len(pairs) - 1])
+        assert sum(answer in ("yes", "no") for _, answer in pairs) <= 1  # one of each per image
 
 
 @needs_fashion

@@ -21,12 +21,14 @@ from minillava.data.synth import (
     SHAPES,
     SIZE_RANGES,
     PlacedShape,
+    Sample,
     Scene,
     caption,
     colors_for,
     contrasts,
     description,
     draw_scene,
+    leak_free_turns,
     sample_scene,
     synthesize_shapes,
 )
@@ -251,19 +253,75 @@ def test_rejects_tiny_images(tmp_path: Path) -> None:
         synthesize_shapes(tmp_path, 1, image_size=8)
 
 
-def test_conversations_hold_each_images_short_questions(dataset: tuple[Path, list[dict], list[dict]]) -> None:
-    out, records, _ = dataset
+def _told_so_far(turns: list[tuple[str, str]]) -> tuple[set[tuple[str, str]], set[str], set[str]]:
+    """From a conversation's text alone: the (colour, shape) objects it named, the shapes whose colour it said
+    and the colours whose shape it said."""
+    named, shape_colored, color_shaped = set(), set(), set()
+    for question, answer in turns:
+        named |= {(c, s) for c in COLORS for s in SHAPES if f"{c} {s}" in question}
+        for s in SHAPES:
+            if answer in COLORS and re.search(rf"color is the {s}\b|color of the {s}\b", question, re.I):
+                named.add((answer, s))
+                shape_colored.add(s)
+        for c in COLORS:
+            if answer in SHAPES and re.search(rf"\b{c} object\b|is {c}\?", question):
+                named.add((c, answer))
+                color_shaped.add(c)
+    return named, shape_colored, color_shaped
+
+
+def test_conversations_hold_short_questions_no_earlier_turn_gives_away(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "shapes"
+    synthesize_shapes(out, 120, seed=5, image_size=128)
+    records = json.loads((out / "shapes.json").read_text())
     conversations = json.loads((out / "conversations.json").read_text())
-    assert [c["image"] for c in conversations] == [f"images/{i:06d}.png" for i in range(N)]
+    assert [c["image"] for c in conversations] == [f"images/{i:06d}.png" for i in range(120)]
+    kept = total = yes_first = 0
     for conversation in conversations:
         turns = conversation["conversations"]
-        singles = [r for r in records if r["image"] == conversation["image"]
-                   and r["kind"] not in ("caption", "description")]
-        # The same questions and answers as the one-question records, each once, the image in the first turn only.
-        pairs = zip(turns[::2], turns[1::2], strict=True)
-        asked = sorted((q["value"].removeprefix("<image>\n"), a["value"]) for q, a in pairs)
-        single = sorted((r["conversations"][0]["value"].removeprefix("<image>\n"), r["answer"]) for r in singles)
-        assert asked == single
-        assert [t["from"] for t in turns] == ["human", "gpt"] * len(singles)
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
         assert turns[0]["value"].startswith("<image>\n")
         assert all("<image>" not in t["value"] for t in turns[1:])
+        pairs = [(q["value"].removeprefix("<image>\n"), a["value"])
+                 for q, a in zip(turns[::2], turns[1::2], strict=True)]
+        singles = [(r["conversations"][0]["value"].removeprefix("<image>\n"), r["answer"]) for r in records
+                   if r["image"] == conversation["image"] and r["kind"] not in ("caption", "description")]
+        # Some of the image's short questions, each once; the first one always.
+        assert pairs and len(set(pairs)) == len(pairs) and set(pairs) <= set(singles)
+        kept, total = kept + len(pairs), total + len(singles)
+        # One of the image's two yes/no questions (one yes, one no: either gives the other away), first.
+        yes_no = [k for k, (_, answer) in enumerate(pairs) if answer in ("yes", "no")]
+        assert yes_no == [0]
+        yes_first += pairs[0][1] == "yes"
+        for k, (question, answer) in enumerate(pairs):
+            named, shape_colored, color_shaped = _told_so_far(pairs[:k])
+            if answer in COLORS:
+                shape = next(s for s in SHAPES if re.search(rf"\b{s}\?", question))
+                assert (answer, shape) not in named, (conversation["id"], pairs[: k + 1])
+            elif answer in SHAPES:
+                color = next(c for c in COLORS if f"{c} object" in question or f"is {c}?" in question)
+                assert (color, answer) not in named, (conversation["id"], pairs[: k + 1])
+            elif answer in ("yes", "no"):
+                (color, shape), = [(c, s) for c in COLORS for s in SHAPES if f"{c} {s}" in question]
+                if answer == "yes":
+                    assert (color, shape) not in named, (conversation["id"], pairs[: k + 1])
+                else:  # "the star is blue" or "the red object is a circle" says there is no red star
+                    assert shape not in shape_colored and color not in color_shaped, pairs[: k + 1]
+    # Most of the questions stay in a conversation (measured: 66 % at this seed), and the yes/no answers
+    # stay balanced.
+    assert kept / total > 0.55
+    assert 0.35 <= yes_first / len(conversations) <= 0.65
+
+
+def test_leak_free_turns_keeps_order_and_drops_what_was_told() -> None:
+    color = Sample("color", "What color is the circle?", "red", frozenset({"red circle"}),
+                   frozenset({"red circle", "shape circle"}))
+    shape = Sample("shape", "What shape is the red object?", "circle", frozenset({"red circle"}),
+                   frozenset({"red circle", "color red"}))
+    no = Sample("yesno", "Is there a red star?", "no", frozenset({"shape star", "color red"}))
+    count = Sample("count", "How many shapes are there?", "1")
+    assert leak_free_turns([color, shape, no, count]) == [color, no, count]
+    assert leak_free_turns([no, shape, color, count]) == [no, shape, count]
+    assert leak_free_turns([]) == []

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from minillava.data.synth import Sample, conversation_record, qa_record, write_splits
+from minillava.data.synth import Sample, conversation_record, leak_free_turns, qa_record, write_splits
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -195,15 +195,22 @@ def caption(label: int) -> str:
 def make_samples(label: int, rng: random.Random) -> list[Sample]:
     """A caption, the item, its category and two yes/no questions (one yes, one no) about one image."""
     item = CLASSES[label]
+    # The facts a conversation must not have told before a turn (leak_free_turns): the item gives every answer
+    # away, the category the "no" about an item of another category.
+    told_item, told_category = frozenset({"item"}), frozenset({"category"})
     samples = [
         Sample("caption", rng.choice(_CAPTION_PROMPTS), caption(label)),
-        Sample("item", rng.choice(_ITEM_QUESTIONS + _ITEM_QUESTIONS_BY_CATEGORY[item.category]), item.name),
-        Sample("category", rng.choice(_CATEGORY_QUESTIONS), item.category),
+        Sample("item", rng.choice(_ITEM_QUESTIONS + _ITEM_QUESTIONS_BY_CATEGORY[item.category]), item.name,
+               told_item, told_item),
+        Sample("category", rng.choice(_CATEGORY_QUESTIONS), item.category, told_item, told_category),
     ]
     other = CLASSES[rng.choice([k for k in range(len(CLASSES)) if k != label])]
+    pair = frozenset({"yes/no"})  # one of each per image: either answer gives the other away
     yesno = [
-        Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(phrase=item.phrase), "yes"),
-        Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(phrase=other.phrase), "no"),
+        Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(phrase=item.phrase), "yes",
+               told_item | pair, told_item | pair),
+        Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(phrase=other.phrase), "no",
+               told_item | pair | (told_category if other.category != item.category else frozenset()), pair),
     ]
     rng.shuffle(yesno)  # one of each per image: the yes-ratio is exactly 0.5
     return samples + yesno
@@ -253,7 +260,7 @@ def synthesize_fashion(
             records.append(qa_record(f"{name}-{j}", image_path, sample))
         turns = [s for s in samples if s.kind != "caption"]
         rng.shuffle(turns)
-        conversations.append(conversation_record(f"{name}-c", image_path, turns))
+        conversations.append(conversation_record(f"{name}-c", image_path, leak_free_turns(turns)))
     _write_json(out_dir / "labels.json", items)
     json_path = out_dir / "fashion.json"
     _write_json(json_path, records)

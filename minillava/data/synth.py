@@ -122,6 +122,11 @@ class Sample:
     kind: str
     question: str
     answer: str
+    # For multi-turn conversations (leak_free_turns): the facts an earlier turn must not have told, since they
+    # give this answer away, and the facts this turn tells. Facts are object names ("red circle") and, for the
+    # questions about a shape or colour that occurs once, "shape circle" / "color red".
+    depends: frozenset[str] = frozenset()
+    reveals: frozenset[str] = frozenset()
 
 
 def _luminance(rgb: tuple[int, int, int]) -> float:
@@ -268,12 +273,12 @@ def _position_sample(scene: Scene, rng: random.Random) -> Sample | None:
     if pairs:
         a, b = rng.choice(pairs)
         question = rng.choice(_PAIR_QUESTIONS).format(a=a.name, b=b.name)
-        return Sample("position", question, "left" if a.x < b.x else "right")
+        return Sample("position", question, "left" if a.x < b.x else "right", reveals=frozenset({a.name, b.name}))
     off_center = [s for s in nameable if abs(s.x - size / 2) >= HALF_MIN_DX * size]
     if off_center:
         a = rng.choice(off_center)
         question = rng.choice(_HALF_QUESTIONS).format(a=a.name)
-        return Sample("position", question, "left" if a.x < size / 2 else "right")
+        return Sample("position", question, "left" if a.x < size / 2 else "right", reveals=frozenset({a.name}))
     return None
 
 
@@ -285,9 +290,13 @@ def _yesno_samples(scene: Scene, rng: random.Random) -> list[Sample]:
     # Hard negatives share a colour or a shape with something in the image, so colour alone does not answer.
     hard = [(c, s) for c, s in absent if any(c == pc or s == ps for pc, ps in present)]
     neg_color, neg_shape = rng.choice(hard if hard and rng.random() < 0.5 else absent)
+    # Each image has one of each, so either answer gives the other away ("yes/no" below); no red star follows
+    # from "the star is blue" or "the red object is a circle".
     samples = [
-        Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(obj=_article(positive.name)), "yes"),
-        Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(obj=_article(f"{neg_color} {neg_shape}")), "no"),
+        Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(obj=_article(positive.name)), "yes",
+               frozenset({positive.name, "yes/no"}), frozenset({positive.name, "yes/no"})),
+        Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(obj=_article(f"{neg_color} {neg_shape}")), "no",
+               frozenset({f"shape {neg_shape}", f"color {neg_color}", "yes/no"}), frozenset({"yes/no"})),
     ]
     rng.shuffle(samples)
     return samples
@@ -303,11 +312,13 @@ def make_samples(scene: Scene, rng: random.Random) -> list[Sample]:
     unique_shapes = [s for s in scene.shapes if shapes_seen.count(s.shape) == 1]
     if unique_shapes:
         s = rng.choice(unique_shapes)
-        samples.append(Sample("color", rng.choice(_COLOR_QUESTIONS).format(shape=s.shape), s.color))
+        samples.append(Sample("color", rng.choice(_COLOR_QUESTIONS).format(shape=s.shape), s.color,
+                              frozenset({s.name}), frozenset({s.name, f"shape {s.shape}"})))
     unique_colors = [s for s in scene.shapes if colors_seen.count(s.color) == 1]
     if unique_colors:
         s = rng.choice(unique_colors)
-        samples.append(Sample("shape", rng.choice(_SHAPE_QUESTIONS).format(color=s.color), s.shape))
+        samples.append(Sample("shape", rng.choice(_SHAPE_QUESTIONS).format(color=s.color), s.shape,
+                              frozenset({s.name}), frozenset({s.name, f"color {s.color}"})))
 
     if rng.random() < 0.5:
         samples.append(Sample("count", rng.choice(_COUNT_ALL_QUESTIONS), str(len(scene.shapes))))
@@ -316,7 +327,7 @@ def make_samples(scene: Scene, rng: random.Random) -> list[Sample]:
         # Mostly shapes that are there, sometimes one that is not (answer "0").
         asked = rng.choice(absent_types if rng.random() < 0.25 else sorted(set(shapes_seen)))
         question = rng.choice(_COUNT_TYPE_QUESTIONS).format(shape=asked)
-        samples.append(Sample("count", question, str(shapes_seen.count(asked))))
+        samples.append(Sample("count", question, str(shapes_seen.count(asked)), frozenset({f"shape {asked}"})))
 
     position = _position_sample(scene, rng)
     if position is not None:
@@ -343,6 +354,26 @@ def qa_record(sample_id: str, image: str, sample: Sample) -> dict:
         "kind": sample.kind,
         "answer": sample.answer,
     }
+
+
+_CONVERSATION_GROUPS = {"yesno": 0, "color": 1, "shape": 1}
+
+
+def leak_free_turns(samples: list[Sample]) -> list[Sample]:
+    """The samples, in order, whose answers no earlier one gives away.
+
+    Evaluation asks one question at a time. A conversation in which "What shape is the red object?" - "circle"
+    comes before "What color is the circle?" lets the second answer be read off the text instead of the image:
+    in shuffled conversations of every question, two thirds of the colour and shape answers were, and the model
+    learns to copy. Turns left out here stay in questions.json.
+    """
+    told: set[str] = set()
+    kept = []
+    for sample in samples:
+        if not sample.depends & told:
+            kept.append(sample)
+            told |= sample.reveals
+    return kept
 
 
 def conversation_record(sample_id: str, image: str, samples: list[Sample]) -> dict:
@@ -395,10 +426,14 @@ def synthesize_shapes(
         samples = make_samples(scene, rng)
         for j, sample in enumerate(samples):
             records.append(qa_record(f"{index:06d}-{j}", image, sample))
-        # The short-answer questions in a shuffled order; the long description stays a record of its own.
+        # The short-answer questions, those an earlier one gives away left out, in a shuffled order within three
+        # groups: a yes/no question first (either of the two, so the answers stay balanced), then colour and
+        # shape (the questions a later turn most often gives away, and the hardest to learn), then the rest.
+        # The long description stays a record of its own.
         turns = [s for s in samples if s.kind not in FREE_FORM_KINDS]
         rng.shuffle(turns)
-        conversations.append(conversation_record(f"{index:06d}-c", image, turns))
+        turns.sort(key=lambda s: _CONVERSATION_GROUPS.get(s.kind, 2))
+        conversations.append(conversation_record(f"{index:06d}-c", image, leak_free_turns(turns)))
     (out_dir / "scenes.json").write_text(json.dumps(scenes, indent=1) + "\n", encoding="utf-8")
     json_path = out_dir / "shapes.json"
     json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
