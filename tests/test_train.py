@@ -55,6 +55,23 @@ def test_recipe_overrides_and_errors(tmp_path):
         tiny_config(tmp_path, "stages.nope.lr=1")
 
 
+def test_a_checkpoint_is_written_once_per_step(tmp_path, monkeypatch):
+    import minillava.train.loop as loop
+
+    written = []
+
+    def counting(directory, step, *args, **kwargs):
+        written.append((Path(directory).name, step))
+        return real(directory, step, *args, **kwargs)
+
+    real = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", counting)
+    # save_every divides the 12 steps of stage 1 (the last step's checkpoint is not written again at the end)
+    # but not stage 2's, which still gets one at its end.
+    train(tiny_config(tmp_path, "stages.align.save_every=6", "stages.instruct.save_every=5"))
+    assert written == [("align", 6), ("align", 12), ("instruct", 5), ("instruct", 10), ("instruct", 12)]
+
+
 def test_two_stages_train_what_they_say(tmp_path):
     config = tiny_config(tmp_path)
     align, instruct = train(config)

@@ -183,6 +183,7 @@ class StageRun:
         self.last_loss: float | None = None
         self.last_val: float | None = None
         self._last_len = 0
+        self._saved_step: int | None = None  # the step of the latest checkpoint this run wrote
         self._epoch_batches: list[list[int]] | None = None
         if self.checkpoint:
             self._restore(self.checkpoint)
@@ -232,6 +233,7 @@ class StageRun:
         """Every rank takes part (their RNG states are gathered, and shards with FSDP); rank 0 writes."""
         rng = self.world.gather(capture_rng())
         weights, optimizer = self._trainable_state()
+        self._saved_step = self.step  # on every rank, so all of them skip or take the final save together
         if not self.world.main:
             self.world.barrier()
             return None
@@ -382,7 +384,8 @@ class StageRun:
         bar.close()
         self._validate()
         self._run_evals()
-        self._save()
+        if self._saved_step != self.step:  # save_every may have just written it (stage 2's holds 1.6 GB)
+            self._save()
         return self._finish()
 
     def _train_step(self) -> tuple[float | None, float, int, int]:
