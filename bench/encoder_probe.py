@@ -11,7 +11,7 @@ measures what they hold, per choice of `feature_layer` (states: 0 stem, 1-16 blo
 Both are lower bounds (the projector and the language model are not linear), but they rank the layers, and a
 layer that a linear probe reads badly is one the demo's few hundred steps read badly too.
 
-    python bench/encoder_probe.py [--train-images 400] [--test-images 120] [--layers 17 16 11 11,16]
+    python bench/encoder_probe.py [--train-images 400] [--test-images 120] [--layers 17 16 11 11,16] [--c 0.1]
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def shape_cells(folder: Path, image_size: int) -> tuple[list[Path], np.ndarray, 
     return [folder / s["image"] for s in scenes], colors.ravel(), shapes.ravel()
 
 
-def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, c: float = 0.1) -> float:
     scaler = StandardScaler().fit(train_x)
-    model = LogisticRegression(max_iter=300, C=0.1).fit(scaler.transform(train_x), train_y)
+    model = LogisticRegression(max_iter=300, C=c).fit(scaler.transform(train_x), train_y)
     return float(np.mean(model.predict(scaler.transform(test_x)) == test_y))
 
 
@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=120)
     parser.add_argument("--layers", nargs="+", default=["17", "16", "11", "11,16"],
                         help="feature_layer choices; comma-separated states are concatenated")
+    parser.add_argument("--c", type=float, default=0.1,
+                        help="inverse L2 strength of the probes; a small one (0.003) asks what little training "
+                             "reads, i.e. how plainly the tokens hold it")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,8 +98,8 @@ def main() -> None:
             encoder = EfficientNetLite0(VisionConfig(feature_layer=layers))
             train_x, test_x = (encode(encoder, p).reshape(-1, encoder.hidden_size) for p in (train_paths, test_paths))
             train_x, test_x = train_x[train_on], test_x[test_on]
-            colour = probe(train_x, train_colors[train_on], test_x, test_colors[test_on])
-            shape = probe(train_x, train_shapes[train_on], test_x, test_shapes[test_on])
+            colour = probe(train_x, train_colors[train_on], test_x, test_colors[test_on], args.c)
+            shape = probe(train_x, train_shapes[train_on], test_x, test_shapes[test_on], args.c)
             item = float("nan")
             if fashion:
                 pooled = {}
@@ -104,7 +107,7 @@ def main() -> None:
                     tokens = encode(encoder, [tmp / f"fashion-{split}" / r["image"] for r in rows])
                     pooled[split] = np.concatenate([tokens.mean(1), tokens.max(1)], axis=1)
                 item = probe(pooled["train"], np.array([r["label"] for r in labels["train"]]),
-                             pooled["test"], np.array([r["label"] for r in labels["test"]]))
+                             pooled["test"], np.array([r["label"] for r in labels["test"]]), args.c)
             print(f"{str(layers):>14} {encoder.hidden_size:>6} {colour:>13.1%} {shape:>12.1%} {item:>13.1%} "
                   f"{time.perf_counter() - start:>8.1f}", flush=True)
 
