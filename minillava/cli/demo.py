@@ -10,7 +10,7 @@ from pathlib import Path
 def add_commands(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="train a visual assistant offline, evaluate it and write a report")
     demo.add_argument("--preset", default="full",
-                      help="full (about fourteen minutes on 2 cores), quick (a few minutes) or long (half an hour)")
+                      help="full (within 15 minutes on 2 cores), quick (a few minutes) or long (half an hour)")
     demo.add_argument("--out", default="runs/demo", help="where data, training runs and the report go")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo from its checkpoints")
     demo.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
