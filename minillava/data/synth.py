@@ -123,8 +123,9 @@ class Sample:
     question: str
     answer: str
     # For multi-turn conversations (leak_free_turns): the facts an earlier turn must not have told, since they
-    # give this answer away, and the facts this turn tells. Facts are object names ("red circle") and, for the
-    # questions about a shape or colour that occurs once, "shape circle" / "color red".
+    # give this answer away, and the facts this turn tells. Facts are object names ("red circle"), for the
+    # questions about a shape or colour that occurs once "shape circle" / "color red", and "yes/no" for the
+    # image's pair of yes/no questions.
     depends: frozenset[str] = frozenset()
     reveals: frozenset[str] = frozenset()
 
