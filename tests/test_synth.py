@@ -288,7 +288,7 @@ def test_conversations_hold_short_questions_no_earlier_turn_gives_away(
                  for q, a in zip(turns[::2], turns[1::2], strict=True)]
         singles = [(r["conversations"][0]["value"].removeprefix("<image>\n"), r["answer"]) for r in records
                    if r["image"] == conversation["image"] and r["kind"] not in ("caption", "description")]
-        # Some of the image's short questions, each once; the first one always.
+        # Some of the image's short questions, each once.
         assert pairs and len(set(pairs)) == len(pairs) and set(pairs) <= set(singles)
         kept, total = kept + len(pairs), total + len(singles)
         # One of the image's two yes/no questions (one yes, one no: either gives the other away), first.
