@@ -65,6 +65,7 @@ def test_quick_demo_trains_evaluates_and_reports(tmp_path, capsys):
                                                                                   "position", "yesno"}
     assert results["samples"] and all("align" in r and "instruct" in r for r in results["samples"])
     assert results["photos"] and results["training"][0]["steps"] == 8
+    assert results["eval_precision"] == {"align": "bf16", "instruct": "bf16"}  # as recipes/default.yaml trains
     report = (tmp_path / "report.md").read_text()
     assert "| shapes | **overall** |" in report and "Real photos" in report
     assert (tmp_path / "loss.png").stat().st_size > 10_000

@@ -91,7 +91,8 @@ def write_report(results: dict, path: Path) -> None:
         + ". Held-out images only in the tables below.", "",
         f"Time: {results['seconds']['total']:.0f} s in all (training {results['seconds']['train']:.0f} s, "
         f"evaluation {results['seconds']['evaluate']:.0f} s) on {results['device']} with {results['threads']} "
-        "threads.", "",
+        "threads; each stage's model evaluated in the precision it trained in ("
+        + ", ".join(f"{name} {p}" for name, p in results.get("eval_precision", {}).items()) + ").", "",
         "## Accuracy on held-out data", "",
         "Open questions are scored with VQA accuracy (exact match after the official answer normalisation); "
         "yes/no questions as POPE (a reply whose first sentence says no/not is a no).", "",
