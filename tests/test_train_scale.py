@@ -15,7 +15,7 @@ from test_train import RECIPE, data_overrides, tiny_config, weights_of
 
 from minillava.model import MiniLlava
 from minillava.train.config import load_recipe
-from minillava.train.features import FeatureCache
+from minillava.train.features import FeatureCache, weights_digest
 from minillava.train.loop import StageRun, TrainingStopped, train
 
 
@@ -60,6 +60,39 @@ def test_feature_cache_encodes_each_image_once_and_notices_edits(tmp_path):
     assert float(cache.get(paths[:1], encode)[0, 0, 0]) == 200.0 and calls == [2, 1]
     rebuilt = FeatureCache(tmp_path / "cache", paths, {"encoder": "y"}, (2, 4), "float32")
     assert len(rebuilt) == 0  # another encoder's cache is rebuilt, never misread
+
+
+def test_a_new_feature_cache_takes_the_rows_an_earlier_one_of_the_same_encoder_holds(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(paths[-1])
+    calls = []
+
+    def encode(images):
+        calls.append(len(images))
+        return torch.stack([torch.full((2, 4), float(np.asarray(Image.open(p))[0, 0, 0])) for p in images])
+
+    first = FeatureCache(tmp_path / "align", paths[:2], {"encoder": "x"}, (2, 4), "float32")
+    expected = first.get(paths[:2], encode)
+    other = FeatureCache(tmp_path / "other", paths[:1], {"encoder": "y"}, (2, 4), "float32")
+    other.get(paths[:1], lambda images: torch.full((1, 2, 4), -1.0))  # another encoder's features: never taken
+    calls.clear()
+    seeded = FeatureCache(tmp_path / "instruct", paths, {"encoder": "x"}, (2, 4), "float32",
+                          seeds=[tmp_path / "other", tmp_path / "missing", tmp_path / "align"])
+    assert len(seeded) == 2
+    assert torch.equal(seeded.get(paths[:2], encode), expected) and calls == []
+    seeded.get(paths, encode)
+    assert calls == [1] and seeded.misses == 1  # only the image the earlier stage never saw
+
+
+def test_the_weights_digest_tells_encoders_with_equal_configurations_apart():
+    module = torch.nn.Linear(3, 2)
+    before = weights_digest(module)
+    assert weights_digest(module) == before
+    with torch.no_grad():
+        module.weight[0, 0] += 1e-3
+    assert weights_digest(module) != before
 
 
 def test_feature_cache_needs_a_frozen_encoder(tmp_path):

@@ -25,7 +25,7 @@ from minillava.train.checkpoint import capture_rng, latest_checkpoint, load_chec
 from minillava.train.config import StageConfig, TrainConfig
 from minillava.train.data import SkipReport, TrainingSet
 from minillava.train.distributed import SINGLE_PROCESS, World, close_world, init_world
-from minillava.train.features import FeatureCache
+from minillava.train.features import FeatureCache, weights_digest
 from minillava.train.metrics import MetricsLog, plot_losses
 from minillava.train.schedule import warmup_schedule
 from minillava.train.sharding import clip_gradients, gather_optimizer, gather_trainable, load_trainable, shard
@@ -125,6 +125,7 @@ class StageRun:
     def __init__(self, config: TrainConfig, index: int, stage_dir: Path, previous: Path | None, resume: bool,
                  world: World = SINGLE_PROCESS):
         self.config = config
+        self.index = index
         self.stage: StageConfig = config.stages[index]
         self.seed = config.seed + index
         self.world = world
@@ -287,11 +288,12 @@ class StageRun:
     def _feature_cache(self) -> FeatureCache:
         vision = self.model.vision
         fingerprint = {"vision": self.model.config.to_dict()["vision"], "transform": vision.transform.to_dict(),
-                       "class": type(vision).__name__}
+                       "class": type(vision).__name__, "weights": weights_digest(vision)}
         images = self.train_set.images() + (self.val_set.images() if self.val_set else [])
+        earlier = [self.dir.parent / stage.name / "feature-cache" for stage in self.config.stages[:self.index]]
         make = lambda writer: FeatureCache(self.dir / "feature-cache", images, fingerprint,  # noqa: E731
                                            (vision.num_tokens, vision.hidden_size), self.stage.feature_cache_dtype,
-                                           writer=writer)
+                                           writer=writer, seeds=earlier)
         cache = make(True) if self.world.main else None
         self.world.barrier()  # rank 0 creates the files, the others open them
         return cache or make(False)
