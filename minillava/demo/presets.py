@@ -33,8 +33,8 @@ for _preset in (
            eval_per_kind=30, shapes_test_images=120, fashion_test_images=80),
     Preset("long", "about half an hour on 2 CPU cores: 2.5x the scenes and 3x the steps of full", (
         "stages.align.data.0.synth.n=2000", "stages.align.max_steps=900", "stages.align.eval_every=450",
-        "stages.align.save_every=300", "stages.instruct.max_steps=660", "stages.instruct.eval_every=220",
-        "stages.instruct.save_every=220",
+        "stages.align.save_every=300", "stages.instruct.max_steps=720", "stages.instruct.eval_every=240",
+        "stages.instruct.save_every=240",
     ), eval_per_kind=40, shapes_test_images=120, fashion_test_images=80),
 ):
     PRESETS.register(_preset.name)(_preset)
