@@ -31,7 +31,7 @@ for _preset in (
     ), eval_per_kind=4, shapes_test_images=12, fashion_test_images=10, shown=2, photo_questions=8),
     Preset("full", "the default: within 15 minutes on 2 CPU cores, the targets of the README", (),
            eval_per_kind=30, shapes_test_images=120, fashion_test_images=80),
-    Preset("long", "about half an hour on 2 CPU cores: 2.5x the scenes and 3x the steps of full", (
+    Preset("long", "about 40 minutes on 2 CPU cores: 2.5x the scenes and 3x the steps of full", (
         "stages.align.data.0.synth.n=2000", "stages.align.max_steps=900", "stages.align.eval_every=450",
         "stages.align.save_every=300", "stages.instruct.max_steps=720", "stages.instruct.eval_every=240",
         "stages.instruct.save_every=240",
