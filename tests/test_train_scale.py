@@ -39,17 +39,26 @@ def test_feature_cache_trains_the_same_projector_and_reads_instead_of_encoding(t
     assert np.load(cache / "features.npy").shape == (48 + 8, 16, 64)
 
 
-def test_feature_cache_encodes_each_image_once_and_notices_edits(tmp_path):
+def red_images(folder, n: int = 3) -> list:
+    """n small images whose red value (40 * i) the fake encoder below turns into their features."""
     paths = []
-    for i in range(3):
-        paths.append(tmp_path / f"{i}.png")
+    for i in range(n):
+        paths.append(folder / f"{i}.png")
         Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(paths[-1])
-    calls = []
+    return paths
 
+
+def counting_encoder(calls: list):
+    """An encoder of (2, 4) features filled with the image's red value, recording each call's batch size."""
     def encode(images):
         calls.append(len(images))
         return torch.stack([torch.full((2, 4), float(np.asarray(Image.open(p))[0, 0, 0])) for p in images])
+    return encode
 
+
+def test_feature_cache_encodes_each_image_once_and_notices_edits(tmp_path):
+    paths, calls = red_images(tmp_path), []
+    encode = counting_encoder(calls)
     cache = FeatureCache(tmp_path / "cache", paths, {"encoder": "x"}, (2, 4), "float32")
     first = cache.get(paths[:2], encode)
     again = cache.get(paths[:2], encode)
@@ -63,16 +72,8 @@ def test_feature_cache_encodes_each_image_once_and_notices_edits(tmp_path):
 
 
 def test_a_new_feature_cache_takes_the_rows_an_earlier_one_of_the_same_encoder_holds(tmp_path):
-    paths = []
-    for i in range(3):
-        paths.append(tmp_path / f"{i}.png")
-        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(paths[-1])
-    calls = []
-
-    def encode(images):
-        calls.append(len(images))
-        return torch.stack([torch.full((2, 4), float(np.asarray(Image.open(p))[0, 0, 0])) for p in images])
-
+    paths, calls = red_images(tmp_path), []
+    encode = counting_encoder(calls)
     first = FeatureCache(tmp_path / "align", paths[:2], {"encoder": "x"}, (2, 4), "float32")
     expected = first.get(paths[:2], encode)
     other = FeatureCache(tmp_path / "other", paths[:1], {"encoder": "y"}, (2, 4), "float32")
