@@ -27,8 +27,9 @@ import torch
 from minillava.demo.data import EVAL_KINDS, fashion_ready, held_out_sets
 from minillava.demo.presets import PRESETS
 from minillava.demo.report import accuracy_table, targets_table
-from minillava.demo.run import EVAL_DTYPES, evaluate_stage, run_demo
+from minillava.demo.run import evaluate_stage, run_demo
 from minillava.model import MiniLlava
+from minillava.train.config import PRECISIONS, precision_dtype
 
 
 def score_models(folders: list[str], data: Path, preset: str, batch_size: int,
@@ -37,7 +38,7 @@ def score_models(folders: list[str], data: Path, preset: str, batch_size: int,
     sets = held_out_sets(PRESETS.get(preset), data, fashion_ready())
     stages, predictions = {}, {}
     for folder in folders:
-        model = MiniLlava.from_pretrained(folder, dtype=EVAL_DTYPES[precision]).eval()
+        model = MiniLlava.from_pretrained(folder, dtype=precision_dtype(precision)).eval()
         with torch.inference_mode():
             scored = evaluate_stage(model, sets, batch_size)
         stages[folder] = {name: {k: v for k, v in r.items() if k != "predictions"} for name, r in scored.items()}
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--model", nargs="+", help="score these model folders instead of running the demo")
     parser.add_argument("--data", help="held-out data folder for --model (default: OUT/data)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--precision", choices=sorted(EVAL_DTYPES), default="bf16",
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
                         help="--model folders are scored in this (default: bf16, as the demo evaluates its recipe)")
     parser.add_argument("--json", help="also write the scores here")
     args = parser.parse_args()

@@ -11,6 +11,13 @@ import yaml
 
 TUNING_MODES = ("frozen", "full", "lora")
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def precision_dtype(precision: str):
+    """The torch dtype a precision computes in (torch imported here, so reading a recipe stays light)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 ATTENTION = ("sdpa", "eager")  # the language model's attention kernel while a stage trains
 PARALLEL = ("ddp", "fsdp")  # how a stage splits over the processes of a torchrun
 LORA_TARGETS = {  # exact names of the linear layers LoRA wraps

@@ -22,7 +22,7 @@ from minillava.model import MiniLlava
 from minillava.model.language import set_attention
 from minillava.paths import atomic_folder
 from minillava.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from minillava.train.config import StageConfig, TrainConfig
+from minillava.train.config import StageConfig, TrainConfig, precision_dtype
 from minillava.train.data import SkipReport, TrainingSet
 from minillava.train.distributed import SINGLE_PROCESS, World, close_world, init_world
 from minillava.train.features import FeatureCache, weights_digest
@@ -148,7 +148,7 @@ class StageRun:
         if not self.sharded:
             self.model.to(self.device)
         if stage.precision != "fp32":
-            cast_frozen_language_model(self.model, torch.bfloat16 if stage.precision == "bf16" else torch.float16)
+            cast_frozen_language_model(self.model, precision_dtype(stage.precision))
         if stage.gradient_checkpointing:
             self.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
         if stage.compile:
@@ -337,8 +337,7 @@ class StageRun:
         stage = self.stage
         if stage.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if stage.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=precision_dtype(stage.precision))
 
     # -- the loop -----------------------------------------------------------------------------------------
     def run(self) -> StageSummary:

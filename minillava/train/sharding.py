@@ -30,7 +30,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from minillava.model import MiniLlava
-from minillava.train.config import StageConfig
+from minillava.train.config import StageConfig, precision_dtype
 
 # Whole tensors, gathered to rank 0's CPU memory (the other ranks get empty dicts).
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
@@ -58,8 +58,7 @@ def shard(model: MiniLlava, stage: StageConfig, device: torch.device, world_size
     policy = MixedPrecisionPolicy()
     if stage.precision != "fp32":
         # Gather weights in the autocast dtype (frozen ones are stored in it already); reduce gradients in fp32.
-        dtype = torch.bfloat16 if stage.precision == "bf16" else torch.float16
-        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=precision_dtype(stage.precision), reduce_dtype=torch.float32)
     ignored = set()
     if stage.vision.mode == "frozen":
         ignored = set(model.vision.parameters())
