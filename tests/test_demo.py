@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from minillava.demo.data import demo_recipe
 from minillava.demo.presets import PRESETS
-from minillava.demo.report import check_targets, targets_table
+from minillava.demo.report import check_targets, targets_table, write_report
+from minillava.demo.run import shown_samples
 from minillava.model import MiniLlava
 from minillava.train.config import load_recipe
 
@@ -41,6 +43,50 @@ def test_targets_table_has_a_column_per_stage():
     assert "| shapes overall >= 90% | 0.100 missed | 0.920 met |" in lines
     assert "| shapes color >= 95% | 0.000 missed | 0.960 met |" in lines
     assert "| fashion item >= 85% | - | - |" in lines
+
+
+def test_shown_samples_group_each_images_questions_and_answers():
+    # Predictions come task by task (open questions, then yes/no), so an image's questions are apart.
+    def predictions(answer):
+        return [{"image": image, "kind": kind, "question": f"{kind} {image}?", "answer": "x",
+                 "prediction": f"{answer} {kind} {image}"}
+                for kind in ("color", "yesno") for image in ("a.png", "b.png", "c.png")]
+    stages = {"align": {"shapes": {"predictions": predictions("caption")}},
+              "instruct": {"shapes": {"predictions": predictions("short")}}}
+    rows = shown_samples(stages, count=2)
+    assert [(r["image"], r["kind"]) for r in rows] == [("a.png", "color"), ("a.png", "yesno"),
+                                                       ("b.png", "color"), ("b.png", "yesno")]
+    assert rows[1]["align"] == "caption yesno a.png" and rows[1]["instruct"] == "short yesno a.png"
+
+
+def test_report_shows_each_held_out_image_once_beside_its_answers(tmp_path):
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    for name in ("000000.png", "astronaut.png"):
+        (images / name).write_bytes(b"png")
+    scene, photo = str(images / "000000.png"), str(images / "astronaut.png")
+    stage = {"shapes": {"accuracy": 0.5, "n": 2, "by_kind": {"color": 0.5}, "n_by_kind": {"color": 2},
+                        "yes_ratio": None}}
+    results = {
+        "preset": "quick", "fashion_mnist": False, "device": "cpu", "threads": 2,
+        "seconds": {"total": 3.0, "train": 2.0, "evaluate": 1.0}, "eval_precision": {"align": "bf16"},
+        "stages": {"align": stage},
+        "training": [{"stage": "align", "steps": 1, "samples": 4, "seconds": 2.0, "final_train_loss": 1.0,
+                      "final_val_loss": None, "skipped": {"total": 0}}],
+        "samples": [{"image": scene, "question": "Which color is the star?\nAnswer briefly.", "reference": "red",
+                     "align": "A red star."},
+                    {"image": scene, "question": "Count the shapes.", "reference": "1", "align": "A red star."}],
+        "photos": [{"image": photo, "question": "What is this?", "reference": "astronaut", "align": "a | b"}],
+    }
+    report = tmp_path / "out" / "report.md"
+    report.parent.mkdir()
+    write_report(results, report)
+    text = report.read_text()
+    sources = re.findall(r'<img src="([^"]+)"', text)
+    assert sources == ["../data/images/000000.png", "../data/images/astronaut.png"]  # each image once
+    assert all((report.parent / s).is_file() for s in sources)
+    assert "| 000000.png | Count the shapes. | 1 | A red star. |" in text  # the image's later rows name it
+    assert "| a \\| b |" in text  # a pipe in an answer does not break the table
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # (data set, kind or "overall", minimum accuracy) on held-out data after the full preset (the README's targets).
@@ -10,6 +11,7 @@ TARGETS = (
     ("shapes", "yesno", 0.90), ("fashion", "item", 0.85),
 )
 YES_RATIO = (0.4, 0.6)
+THUMBNAIL_WIDTH = 112  # pixels: the scenes are 224 px, the photos up to 512
 
 
 def _value(stage: dict, data: str, kind: str) -> float | None:
@@ -70,13 +72,23 @@ def _cell(text) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _answers_table(first: str, rows: list[dict], names: list[str]) -> list[str]:
-    """Markdown rows: an image, its question and reference, and each stage's answer."""
+def _thumbnail(image: str, folder: Path) -> str:
+    """An HTML image cell (markdown cannot size an image) whose path is relative to the report's folder."""
+    source = Path(os.path.relpath(Path(image).resolve(), folder.resolve())).as_posix()
+    return f'<img src="{source}" width="{THUMBNAIL_WIDTH}"><br>{Path(image).name}'
+
+
+def _answers_table(first: str, rows: list[dict], names: list[str], folder: Path) -> list[str]:
+    """Markdown rows: an image (shown the first time it comes), its question and reference, each stage's answer."""
     lines = [f"| {first} | question | reference | " + " | ".join(f"after {n}" for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]
+    shown: set[str] = set()
     for row in rows:
+        image = row["image"]
+        cell = Path(image).name if image in shown else _thumbnail(image, folder)
+        shown.add(image)
         answers = " | ".join(_cell(row[n]) for n in names)
-        lines.append(f"| {Path(row['image']).name} | {_cell(row['question'].split(chr(10))[0])} | "
+        lines.append(f"| {cell} | {_cell(row['question'].split(chr(10))[0])} | "
                      f"{_cell(row['reference'])} | {answers} |")
     return lines
 
@@ -110,7 +122,7 @@ def write_report(results: dict, path: Path) -> None:
               "", "## Held-out images: what each stage answers", "",
               "After stage 1 the model has only learned to describe images, so it answers questions with a caption; "
               "after stage 2 it answers in the format the question asks for.", "",
-              *_answers_table("image", results["samples"], names),
+              *_answers_table("image", results["samples"], names, path.parent),
               "", "## Real photos (never trained on: out of distribution)", "",
-              *_answers_table("photo", results["photos"], names)]
+              *_answers_table("photo", results["photos"], names, path.parent)]
     path.write_text("\n".join(lines) + "\n")

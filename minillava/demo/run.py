@@ -60,7 +60,7 @@ def answer_photos(model: MiniLlava, questions: list[dict], batch_size: int) -> l
 
 
 def shown_samples(stages: dict[str, dict], count: int) -> list[dict]:
-    """All held-out questions about the first `count` shapes images, with every stage's answer."""
+    """All held-out questions about the first `count` shapes images, image by image, with every stage's answer."""
     first_stage = next(iter(stages.values()))
     rows, images = [], []
     for p in first_stage["shapes"]["predictions"]:
@@ -70,6 +70,7 @@ def shown_samples(stages: dict[str, dict], count: int) -> list[dict]:
             images.append(p["image"])
         rows.append({"image": p["image"], "kind": p["kind"], "question": p["question"],
                      "reference": p.get("answer") or p.get("answers")})
+    rows.sort(key=lambda row: images.index(row["image"]))  # stable: each image's questions in their order
     for name, stage in stages.items():
         answers = {(p["image"], p["question"]): p["prediction"] for p in stage["shapes"]["predictions"]}
         for row in rows:
