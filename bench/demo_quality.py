@@ -4,9 +4,9 @@ Without --model, runs `minillava demo` (the full preset unless told) and scores 
 model shows the gap. With --model, scores model folders (say, a longer stage 2, recipes/demo-more-steps.yaml) on
 the same held-out questions, which the demo writes deterministically under its data folder.
 
-    python bench/demo_quality.py                                   # the full demo in runs/demo, ~11 min on 2 cores
+    python bench/demo_quality.py                                   # the full demo in runs/demo, ~12 min on 2 cores
     python bench/demo_quality.py --preset long --out runs/demo-long
-    python bench/demo_quality.py --model runs/demo/final runs/demo-more-steps/instruct/final
+    python bench/demo_quality.py --preset long --model runs/demo/final runs/demo-more-steps/instruct/final
 
 Accuracy is VQA accuracy (exact match after VQA normalisation) for open questions and POPE accuracy for yes/no;
 the targets are the README's. A second table splits the shapes answers by the number of shapes in the scene: a
