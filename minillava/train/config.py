@@ -5,25 +5,28 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-TUNING_MODES = ("frozen", "full", "lora")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def precision_dtype(precision: str):
-    """The torch dtype a precision computes in (torch imported here, so reading a recipe stays light)."""
+if TYPE_CHECKING:
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+TUNING_MODES = ("frozen", "full", "lora")
+PRECISIONS = ("fp32", "bf16", "fp16")
 ATTENTION = ("sdpa", "eager")  # the language model's attention kernel while a stage trains
 PARALLEL = ("ddp", "fsdp")  # how a stage splits over the processes of a torchrun
 LORA_TARGETS = {  # exact names of the linear layers LoRA wraps
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype a precision computes in (torch imported here, so reading a recipe stays light)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @dataclass
