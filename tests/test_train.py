@@ -100,6 +100,22 @@ def test_two_stages_train_what_they_say(tmp_path):
         train(config)
 
 
+def test_a_stage_learns_independent_turns_and_validates_them(tmp_path):
+    """Every question of an image in one sample, each in its own attention block: the stage trains on them."""
+    every = tmp_path / "data" / "train" / "all-questions.json"
+    config = tiny_config(tmp_path, "stages.align.max_steps=2", "stages.instruct.max_steps=4",
+                         f"stages.instruct.data.1.path={every}", "stages.instruct.data.1.turns=independent",
+                         f"stages.instruct.val_data.0.path={every}", "stages.instruct.val_data.0.turns=independent",
+                         "stages.instruct.attention=eager")
+    _, instruct = train(config)
+    assert instruct.steps == 4 and instruct.skipped["total"] == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "instruct" / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
+    assert any(0 < r.get("val_loss", 0) < 20 for r in records)
+    with pytest.raises(ValueError, match="turns 'parallel'; choose one of"):
+        tiny_config(tmp_path, "stages.instruct.data.0.turns=parallel")
+
+
 def test_bad_samples_are_skipped_and_counted(tmp_path):
     root = tmp_path / "bad"
     root.mkdir()

@@ -27,6 +27,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--position-channels", type=int, default=None,
                       help="2-D position channels appended to each token (CNN encoders); default: "
                            "EfficientNet-Lite0 16, ViT towers 0 (they embed position themselves)")
+    init.add_argument("--chat-template", default=None,
+                      help="replace the language model's chat template: 'chatml' (ChatML without a default system "
+                           "turn) or a Jinja file")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", required=True, help="the model folder to write")
     init.set_defaults(run=run_init)
@@ -56,7 +59,7 @@ def run_init(args: argparse.Namespace) -> int:
         layer = layer[0]
     model = MiniLlava.from_components(args.vision, args.llm, args.projector, seed=args.seed,
                                       feature_layer=layer, select=args.select, image_aspect=args.image_aspect,
-                                      position_channels=args.position_channels)
+                                      position_channels=args.position_channels, chat_template=args.chat_template)
     model.save_pretrained(args.out)
     print(f"wrote {args.out}: {args.vision} -> {args.projector} -> {args.llm}, "
           f"{model.tokens_per_image} tokens per image")

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Sampler
 
-from minillava.data.tokenize import IGNORE_INDEX
+from minillava.data.tokenize import IGNORE_INDEX, SHARED_BLOCK
+
+PAD_BLOCK = -1  # block id of padding: no token attends to it
 
 
 @dataclass
@@ -20,11 +22,15 @@ class Batch:
     pixel_values: torch.Tensor | None  # (total images in the batch, 3, H, W), in sample order
     # Or the frozen encoder's outputs for those images, (total images, tokens, width), read from a feature cache.
     vision_features: torch.Tensor | None = None
+    # Attention blocks (tokenize.EncodedSample.blocks; PAD_BLOCK on padding) and the positions that restart after
+    # the shared prefix in each block; None when every sample is one causal sequence.
+    block_ids: torch.Tensor | None = None  # (B, L)
+    position_ids: torch.Tensor | None = None  # (B, L)
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values),
-                     move(self.vision_features))
+                     move(self.vision_features), move(self.block_ids), move(self.position_ids))
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -39,15 +45,38 @@ def pad_sequences(seqs: Sequence[Sequence[int]], value: int, left: bool = False)
     return out
 
 
+def block_positions(blocks: Sequence[int]) -> list[int]:
+    """Position ids for one sample's blocks: the shared prefix counts from 0, and each block from the prefix's
+    length, as if its tokens came right after the prefix alone."""
+    shared = sum(1 for b in blocks if b == SHARED_BLOCK)
+    positions, seen = [], {}
+    for b in blocks:
+        if b == SHARED_BLOCK:
+            positions.append(len(positions))
+        else:
+            seen[b] = seen.get(b, -1) + 1
+            positions.append(shared + seen[b])
+    return positions
+
+
 def collate(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None, pad_token_id: int,
-            pixel_values: Sequence[torch.Tensor], left_pad: bool = False) -> Batch:
-    """Token lists of one batch -> padded tensors; `pixel_values` holds each sample's (n_i, 3, H, W)."""
+            pixel_values: Sequence[torch.Tensor], left_pad: bool = False,
+            blocks: Sequence[Sequence[int] | None] | None = None) -> Batch:
+    """Token lists of one batch -> padded tensors; `pixel_values` holds each sample's (n_i, 3, H, W).
+
+    `blocks` (per sample, None for a plain causal sample) adds block ids and block-wise positions to the batch.
+    """
     ids = pad_sequences(input_ids, pad_token_id, left=left_pad)
     mask = pad_sequences([[1] * len(s) for s in input_ids], 0, left=left_pad)
     lab = None if labels is None else pad_sequences(labels, IGNORE_INDEX, left=left_pad)
     images = [p for p in pixel_values if p is not None and len(p)]
     pixels = torch.cat(images) if images else None
-    return Batch(ids, mask, lab, pixels)
+    batch = Batch(ids, mask, lab, pixels)
+    if blocks is not None and any(b is not None for b in blocks):
+        filled = [list(b) if b is not None else [SHARED_BLOCK] * len(s) for b, s in zip(blocks, input_ids, strict=True)]
+        batch.block_ids = pad_sequences(filled, PAD_BLOCK, left=left_pad)
+        batch.position_ids = pad_sequences([block_positions(b) for b in filled], 0, left=left_pad)
+    return batch
 
 
 class LengthGroupedSampler(Sampler[list[int]]):

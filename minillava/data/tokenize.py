@@ -3,10 +3,14 @@
 Each turn's text is what the tokenizer's own chat template adds for it: the template is rendered for the
 first k and the first k+1 turns and the difference is turn k. Only assistant replies and their end-of-turn
 token are learned; everything else is IGNORE_INDEX. Every `<image>` becomes exactly `tokens_per_image` slots.
+
+A conversation can also be encoded with independent turns: each question and its reply form an attention block
+of their own over the shared image prefix, as if each question were asked alone (see `encode_independent`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -14,6 +18,8 @@ from transformers import PreTrainedTokenizerBase
 from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, SampleError, Turn
 
 IGNORE_INDEX = -100
+SHARED_BLOCK = 0  # block id of the tokens every block sees (the template's opening and the image slots)
+_LEADING_IMAGES = re.compile(rf"^(\s*{re.escape(IMAGE_PLACEHOLDER)})+\s*")
 
 
 class TemplateError(ValueError):
@@ -25,6 +31,9 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     images: list[ImageSource]  # the images whose slots are in input_ids, in order
+    # Attention blocks, one id per token: SHARED_BLOCK for the prefix all see, k >= 1 for the k-th independent
+    # turn, which sees the prefix and itself. None: one causal sequence.
+    blocks: list[int] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -85,7 +94,10 @@ class ConversationEncoder:
         return self.tokenizer.eos_token_id
 
     # -- whole conversations ------------------------------------------------------------------------------
-    def encode(self, conversation: Conversation, add_generation_prompt: bool = False) -> EncodedSample:
+    def encode(self, conversation: Conversation, add_generation_prompt: bool = False,
+               independent_turns: bool = False) -> EncodedSample:
+        if independent_turns and not add_generation_prompt:
+            return self.encode_independent(conversation)
         if conversation.template == "plain":
             ids, labels = self._encode_plain(conversation, add_generation_prompt)
         else:
@@ -98,6 +110,54 @@ class ConversationEncoder:
             )
         sample = EncodedSample(ids, labels, list(conversation.images))
         return sample if add_generation_prompt else self._truncate(sample, conversation.id)
+
+    def encode_independent(self, conversation: Conversation) -> EncodedSample:
+        """Each (user, assistant) exchange as its own attention block over the shared image prefix.
+
+        Exchange k is encoded exactly as the one-question conversation [system turns, user: images + question k,
+        assistant: reply k]; those encodings share their tokens through the last image slot, which are kept once
+        (block 0), and each exchange's remaining tokens follow as block k. With a block mask and positions that
+        restart after the prefix (collate), every reply is learned as if its question were asked alone: no earlier
+        answer can give it away, and the image's tokens are paid for once per image instead of once per question.
+        """
+        where = conversation.id
+        turns = list(conversation.turns)
+        system = []
+        while turns and turns[0].role == "system":
+            system.append(turns.pop(0))
+        if not turns or len(turns) % 2 or any(
+                t.role != ("user" if i % 2 == 0 else "assistant") for i, t in enumerate(turns)):
+            raise SampleError("independent turns need alternating user and assistant turns after any system turn",
+                              sample_id=where)
+        lead = _LEADING_IMAGES.match(turns[0].content)
+        if conversation.images and (lead is None or IMAGE_PLACEHOLDER in turns[0].content[lead.end():]
+                                    or any(IMAGE_PLACEHOLDER in t.content for t in turns[1:])):
+            raise SampleError(f"independent turns need every {IMAGE_PLACEHOLDER} at the start of the first user "
+                              "turn (they are the prefix each question sees)", sample_id=where)
+        images = lead.group(0) if conversation.images else ""
+        questions = [turns[0].content[len(images):]] + [t.content for t in turns[2::2]]
+        encoded = [self._encode_chat(system + [Turn("user", images + q), reply], False)
+                   for q, reply in zip(questions, turns[1::2], strict=True)]
+        first_ids = encoded[0][0]
+        slots = [i for i, token in enumerate(first_ids) if token == self.image_token_id]
+        shared = slots[-1] + 1 if slots else 0
+        if len(slots) != len(conversation.images) * self.tokens_per_image:
+            raise SampleError(f"{conversation.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
+                              f"{len(conversation.images)} images", sample_id=where)
+        ids, labels, blocks = first_ids[:shared], encoded[0][1][:shared], [SHARED_BLOCK] * shared
+        for k, (block_ids, block_labels) in enumerate(encoded, start=1):
+            if block_ids[:shared] != first_ids[:shared]:
+                raise TemplateError(f"{where}: the chat template renders the image prefix differently per turn")
+            if self.max_length is not None and len(ids) + len(block_ids) - shared > self.max_length:
+                break  # whole blocks only: a cut block would teach half an answer
+            ids += block_ids[shared:]
+            labels += block_labels[shared:]
+            blocks += [k] * (len(block_ids) - shared)
+        sample = EncodedSample(ids, labels, list(conversation.images), blocks)
+        if sample.num_labels == 0:
+            raise SampleError(f"no turn fits in max_length {self.max_length} tokens after the image prefix",
+                              sample_id=where)
+        return sample
 
     def _encode_chat(self, turns: list[Turn], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
         ids: list[int] = []

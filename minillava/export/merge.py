@@ -97,7 +97,7 @@ def _starting_model(folder: Path, config: dict, index: int, dtype: torch.dtype) 
     spec = ModelSpec(**{"position_channels": 0, **config["model"]})  # runs written before the option had none
     seed = config["seed"] + index  # the seed training gave the new projector
     return MiniLlava.from_components(spec.vision, spec.llm, spec.projector, seed=seed, dtype=dtype,
-                                     **spec.vision_options())
+                                     **spec.options())
 
 
 @torch.no_grad()

@@ -41,6 +41,8 @@ class MiniLlavaConfig:
     image_token: str = "<image>"
     image_token_id: int | None = None  # set once the tokenizer knows the token
     max_length: int = 2048
+    # Jinja text that replaces the language model's chat template (model.templates); None: the model's own.
+    chat_template: str | None = None
     stored: list[str] = field(default_factory=lambda: ["projector"])  # components saved in model.safetensors
     version: int = FORMAT_VERSION
 

@@ -16,12 +16,14 @@ from minillava.data.collate import Batch, collate
 from minillava.data.conversation import Conversation, ImageSource
 from minillava.data.images import load_images
 from minillava.data.tokenize import IGNORE_INDEX, ConversationEncoder
+from minillava.model.blocks import block_attention_mask
 from minillava.model.config import MiniLlavaConfig
 from minillava.model.cpu_linear import use_onednn_linears
 from minillava.model.generation import Generation, GenerationRun, build_prompt, generate, stream
 from minillava.model.language import load_language_model, load_tokenizer, resolve_llm
 from minillava.model.projectors import Projector, build_projector
 from minillava.model.sampling import GenerationConfig
+from minillava.model.templates import resolve_chat_template
 from minillava.model.vision import VISION_ENCODERS, VisionEncoder
 from minillava.model.vision.resolve import vision_config_for
 
@@ -64,6 +66,8 @@ class MiniLlava(nn.Module):
         vision = VISION_ENCODERS.get(config.vision.name)(config.vision, dtype=dtype)
         language_model = load_language_model(config.llm, dtype=dtype, base=base)
         tokenizer = load_tokenizer(tokenizer_source or resolve_llm(config.llm, base), config.image_token)
+        if config.chat_template is not None:
+            tokenizer.chat_template = config.chat_template
         width = language_model.get_input_embeddings().embedding_dim
         projector = build_projector(config.projector, vision.hidden_size, width, vision.grid).to(dtype)
         return cls(config, vision, projector, language_model, tokenizer)
@@ -71,9 +75,11 @@ class MiniLlava(nn.Module):
     @classmethod
     def from_components(cls, vision: str = "efficientnet-lite0", llm: str = "smollm2-135m-instruct",
                         projector: str = "mlp2x_gelu", seed: int = 0, dtype: torch.dtype = torch.float32,
-                        **vision_options) -> MiniLlava:
-        """A new model from an encoder and a language model (names, folders or hub ids)."""
-        config = MiniLlavaConfig(vision=vision_config_for(vision, **vision_options), projector=projector, llm=llm)
+                        chat_template: str | None = None, **vision_options) -> MiniLlava:
+        """A new model from an encoder and a language model (names, folders or hub ids); `chat_template` (a
+        model.templates name or a Jinja file) replaces the language model's own."""
+        config = MiniLlavaConfig(vision=vision_config_for(vision, **vision_options), projector=projector, llm=llm,
+                                 chat_template=None if chat_template is None else resolve_chat_template(chat_template))
         torch.manual_seed(seed)
         return cls.build(config, dtype=dtype)
 
@@ -167,13 +173,18 @@ class MiniLlava(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                return_logits: bool = False, vision_features: torch.Tensor | None = None) -> ForwardOutput:
+                return_logits: bool = False, vision_features: torch.Tensor | None = None,
+                block_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> ForwardOutput:
+        """`block_ids` and `position_ids` (collate, for samples in attention blocks) replace the causal mask and
+        the running positions."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeddings = self.embed(input_ids, pixel_values, vision_features)
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0) if position_ids is None else position_ids
+        mask = attention_mask if block_ids is None else block_attention_mask(
+            block_ids, self.language_model.config._attn_implementation, embeddings.dtype)
         hidden = self.language_model.get_decoder()(
-            inputs_embeds=embeddings, attention_mask=attention_mask, position_ids=positions, use_cache=False
+            inputs_embeds=embeddings, attention_mask=mask, position_ids=positions, use_cache=False
         ).last_hidden_state
         logits = self.logits(hidden) if return_logits else None
         if labels is None:

@@ -16,6 +16,7 @@ TUNING_MODES = ("frozen", "full", "lora")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ATTENTION = ("sdpa", "eager")  # the language model's attention kernel while a stage trains
 PARALLEL = ("ddp", "fsdp")  # how a stage splits over the processes of a torchrun
+TURNS = ("sequential", "independent")  # how a data source's multi-turn conversations are learned
 LORA_TARGETS = {  # exact names of the linear layers LoRA wraps
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -47,6 +48,9 @@ class DataSource:
     weight: float = 1.0  # share of each epoch drawn from this source, relative to the others
     # Generate the file first when it is missing: {"kind": "shapes", "n": 200, "seed": 0, "image_size": 64}
     synth: dict | None = None
+    # sequential: a conversation is one causal sequence. independent: each question and its reply is an attention
+    # block of its own over the shared image prefix, learned as if asked alone (data.tokenize.encode_independent).
+    turns: str = "sequential"
 
 
 @dataclass
@@ -114,11 +118,13 @@ class ModelSpec:
     image_aspect: str = "pad"
     image_size: int | None = None
     position_channels: int | None = None  # None: the encoder's default (EfficientNet-Lite0 16, ViTs 0)
+    chat_template: str | None = None  # a model.templates name (chatml) or a Jinja file; None: the LM's own
 
-    def vision_options(self) -> dict:
-        """The vision settings, as `MiniLlava.from_components` takes them after the three component names."""
+    def options(self) -> dict:
+        """The settings `MiniLlava.from_components` takes after the three component names."""
         return {"feature_layer": self.feature_layer, "select": self.select, "image_aspect": self.image_aspect,
-                "image_size": self.image_size, "position_channels": self.position_channels}
+                "image_size": self.image_size, "position_channels": self.position_channels,
+                "chat_template": self.chat_template}
 
 
 @dataclass
@@ -157,6 +163,9 @@ class TrainConfig:
             if stage.parallel == "fsdp" and stage.evals:
                 raise ValueError(f"{where}: evals (generation during training) do not run with parallel: fsdp; "
                                  "keep val_data for a validation loss and evaluate final/ with `minillava eval`")
+            for source in stage.data + stage.val_data:
+                if source.turns not in TURNS:
+                    raise ValueError(f"{where}: {source.path}: turns {source.turns!r}; choose one of {TURNS}")
             if stage.schedule not in ("cosine", "constant"):
                 raise ValueError(f"{where}: schedule {stage.schedule!r}; choose cosine or constant")
             if stage.feature_cache and stage.vision.mode != "frozen":

@@ -75,7 +75,7 @@ class TrainingSet:
             indices = []
             for conversation in conversations:
                 try:
-                    sample = encoder.encode(conversation)
+                    sample = encoder.encode(conversation, independent_turns=source.turns == "independent")
                 except SampleError as error:
                     skips.add(SampleError(error.reason, source=source.path, sample_id=conversation.id), "encoding")
                     continue
@@ -136,7 +136,8 @@ class TrainingSet:
             kept.append(sample)
         if not kept:
             return None
-        batch = collate([s.input_ids for s in kept], [s.labels for s in kept], pad_token_id, images)
+        batch = collate([s.input_ids for s in kept], [s.labels for s in kept], pad_token_id, images,
+                        blocks=[s.blocks for s in kept])
         if as_features:
             batch.vision_features, batch.pixel_values = batch.pixel_values, None
         return batch

@@ -202,7 +202,7 @@ class StageRun:
             return MiniLlava.from_pretrained(source)
         spec = self.config.model
         return MiniLlava.from_components(spec.vision, spec.llm, spec.projector, seed=self.seed,
-                                         **spec.vision_options())
+                                         **spec.options())
 
     def _restore(self, path: Path) -> None:
         weights, state, meta = load_checkpoint(path)
@@ -331,7 +331,8 @@ class StageRun:
     def _forward(self, batch: Batch):
         with self._autocast():
             return self.runner(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
-                               vision_features=batch.vision_features)
+                               vision_features=batch.vision_features, block_ids=batch.block_ids,
+                               position_ids=batch.position_ids)
 
     def _autocast(self):
         stage = self.stage
@@ -461,7 +462,8 @@ class StageRun:
                 continue
             with self._autocast():  # the bare model: no gradient synchronisation to take part in
                 out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
-                                 vision_features=batch.vision_features)
+                                 vision_features=batch.vision_features, block_ids=batch.block_ids,
+                                 position_ids=batch.position_ids)
             total_loss += float(out.loss) * out.num_label_tokens
             total_tokens += out.num_label_tokens
         self.model.train()
