@@ -40,7 +40,7 @@ N = 20
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], list[dict]]:
     out = tmp_path_factory.mktemp("shapes")
-    json_path = synthesize_shapes(out, N, seed=3, image_size=SIZE)
+    json_path = synthesize_shapes(out, N, seed=3, image_size=SIZE, drawing="plain")
     records = json.loads(json_path.read_text())
     scenes = json.loads((out / "scenes.json").read_text())
     return out, records, scenes
@@ -235,7 +235,7 @@ def test_caption_and_description_wording() -> None:
 
 
 def test_yes_no_balanced_and_answers_right_on_200_images(tmp_path: Path) -> None:
-    records = json.loads(synthesize_shapes(tmp_path, 200, seed=0, image_size=48).read_text())
+    records = json.loads(synthesize_shapes(tmp_path, 200, seed=0, image_size=48, drawing="plain").read_text())
     scenes = json.loads((tmp_path / "scenes.json").read_text())
     for r in records:
         _check_answer(r, _scene_of(r, scenes), 48)
@@ -274,7 +274,7 @@ def test_conversations_hold_short_questions_no_earlier_turn_gives_away(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "shapes"
-    synthesize_shapes(out, 120, seed=5, image_size=128)
+    synthesize_shapes(out, 120, seed=5, image_size=128, drawing="plain")
     records = json.loads((out / "shapes.json").read_text())
     conversations = json.loads((out / "conversations.json").read_text())
     assert [c["image"] for c in conversations] == [f"images/{i:06d}.png" for i in range(120)]
@@ -325,3 +325,52 @@ def test_leak_free_turns_keeps_order_and_drops_what_was_told() -> None:
     assert leak_free_turns([color, shape, no, count]) == [color, no, count]
     assert leak_free_turns([no, shape, color, count]) == [no, shape, count]
     assert leak_free_turns([]) == []
+
+
+def test_drawings_vary_pixels_and_wordings_and_shifted_ones_are_unseen(tmp_path: Path) -> None:
+    from minillava.data.synth import _VARIED_QUESTIONS, DRAWINGS, SHIFTED_BACKGROUNDS
+
+    for kind, wordings in DRAWINGS["shifted"].questions.items():
+        assert not set(wordings) & set(_VARIED_QUESTIONS[kind]), kind
+        assert len(_VARIED_QUESTIONS[kind]) >= 10, kind
+    assert not set(SHIFTED_BACKGROUNDS) & set(BACKGROUNDS)
+    for drawing in ("varied", "shifted"):
+        out = synthesize_shapes(tmp_path / drawing, 30, seed=4, image_size=96, drawing=drawing).parent
+        again = synthesize_shapes(tmp_path / f"{drawing}-again", 30, seed=4, image_size=96, drawing=drawing).parent
+        assert (out / "images/000007.png").read_bytes() == (again / "images/000007.png").read_bytes()
+        scenes = json.loads((out / "scenes.json").read_text())
+        style = DRAWINGS[drawing]
+        for scene in scenes:
+            assert scene["drawing"] == drawing and scene["background"] in style.backgrounds
+            pixels = np.asarray(Image.open(out / scene["image"]), dtype=np.float32)
+            for s in scene["shapes"]:
+                assert s["size"] in style.sizes and abs(s["rotation"]) <= style.rotation
+                assert all(abs(f - c) <= style.jitter for f, c in zip(s["fill"], COLORS[s["color"]], strict=True))
+                centre = pixels[s["y"] - 1 : s["y"] + 2, s["x"] - 1 : s["x"] + 2].reshape(-1, 3).mean(0)
+                assert np.abs(centre - np.array(s["fill"])).max() <= 3 * style.noise + 2, (scene["image"], s)
+        questions = [t["value"] for r in json.loads((out / "all-questions.json").read_text())
+                     for t in r["conversations"][::2]]
+        stripped = {q.removeprefix("<image>\n").split("\n")[0] for q in questions}
+        templates = [w for ws in style.questions.values() for w in ws]
+        assert all(any(re.fullmatch(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t)), q) for t in templates)
+                   for q in stripped)
+
+
+def test_all_questions_answer_every_kind_and_balance_yes_and_no(tmp_path: Path) -> None:
+    out = synthesize_shapes(tmp_path, 60, seed=1, image_size=128, drawing="plain").parent
+    records = json.loads((out / "all-questions.json").read_text())
+    scenes = json.loads((out / "scenes.json").read_text())
+    answers: dict[str, int] = {}
+    for record in records:
+        turns = record["conversations"]
+        assert turns[0]["value"].startswith("<image>\n") and all("<image>" not in t["value"] for t in turns[1:])
+        for question, answer in zip(turns[::2], turns[1::2], strict=True):
+            answers[answer["value"]] = answers.get(answer["value"], 0) + 1
+            kind = ("yesno" if answer["value"] in ("yes", "no") else "color" if answer["value"] in COLORS
+                    else "shape" if answer["value"] in SHAPES else "position" if answer["value"] in ("left", "right")
+                    else "count")
+            value = question["value"].removeprefix("<image>\n")
+            _check_answer({"kind": kind, "answer": answer["value"],
+                           "conversations": [{"value": "<image>\n" + value}]}, _scene_of(record, scenes), 128)
+    assert answers["yes"] == answers["no"]
+    assert len(records) == 60 and sum(answers.values()) / len(records) >= 8

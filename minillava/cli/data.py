@@ -29,6 +29,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     shapes.add_argument("--n", type=int, default=1000, help="number of images")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=224)
+    shapes.add_argument("--drawing", default="varied", choices=["plain", "varied", "shifted"],
+                        help="varied: jittered colours, turns, soft edges, 10+ wordings per question; plain: exact "
+                             "colours and hard edges; shifted: drawn and worded unlike both (a robustness test set)")
+    shapes.add_argument("--no-short-answer-suffix", action="store_true",
+                        help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
     shapes.set_defaults(run=run_synth_shapes)
     fashion = kinds.add_parser("fashion", help="Fashion-MNIST images (Debian's dataset-fashion-mnist) with "
                                "captions and questions")
@@ -37,6 +42,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     fashion.add_argument("--n", type=int, default=None, help="number of images, balanced over the 10 classes "
                          "(default: the whole split, 60000 train or 10000 test)")
     fashion.add_argument("--seed", type=int, default=0)
+    fashion.add_argument("--no-short-answer-suffix", action="store_true",
+                         help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
     fashion.add_argument("--image-size", type=int, default=28, help="side of the written images (28: native)")
     fashion.add_argument("--root", default=None, help="folder of the *-ubyte.gz files "
                          "(default: /usr/share/datasets/fashion-mnist)")
@@ -65,7 +72,8 @@ def run_check(args: argparse.Namespace) -> int:
 def run_synth_shapes(args: argparse.Namespace) -> int:
     from minillava.data.synth import synthesize_shapes
 
-    path = synthesize_shapes(args.out, args.n, seed=args.seed, image_size=args.image_size, show_progress=True)
+    path = synthesize_shapes(args.out, args.n, seed=args.seed, image_size=args.image_size, show_progress=True,
+                             drawing=args.drawing, short_answer_suffix=not args.no_short_answer_suffix)
     print(f"wrote {path}")
     return 0
 
@@ -74,7 +82,8 @@ def run_synth_fashion(args: argparse.Namespace) -> int:
     from minillava.data.fashion import FASHION_DIR, synthesize_fashion
 
     path = synthesize_fashion(args.out, args.split, args.n, seed=args.seed, image_size=args.image_size,
-                              root=args.root or FASHION_DIR, show_progress=True)
+                              root=args.root or FASHION_DIR, show_progress=True,
+                              short_answer_suffix=not args.no_short_answer_suffix)
     print(f"wrote {path}")
     return 0
 

@@ -19,7 +19,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from minillava.data.synth import Sample, conversation_record, leak_free_turns, qa_record, write_splits
+from minillava.data.synth import (
+    SHORT_ANSWER_SUFFIX,
+    Sample,
+    conversation_record,
+    leak_free_turns,
+    qa_record,
+    write_splits,
+)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -216,6 +223,26 @@ def make_samples(label: int, rng: random.Random) -> list[Sample]:
     return samples + yesno
 
 
+def all_questions(label: int, rng: random.Random) -> list[Sample]:
+    """Every question one image answers, for independent turns (data.synth.all_questions): the item in two
+    phrasings, the category, and two yes/no questions of each answer (the other items one of the same category,
+    where there is one, and one of another)."""
+    item = CLASSES[label]
+    phrasings = list(_ITEM_QUESTIONS + _ITEM_QUESTIONS_BY_CATEGORY[item.category])
+    rng.shuffle(phrasings)
+    same = [k for k, c in enumerate(CLASSES) if k != label and c.category == item.category]
+    other = [k for k, c in enumerate(CLASSES) if c.category != item.category]
+    negatives = [rng.choice(same or other), rng.choice(other)]
+    yes_questions = rng.sample(_YESNO_QUESTIONS, 2)
+    samples = [Sample("item", q, item.name) for q in phrasings[:2]]
+    samples.append(Sample("category", rng.choice(_CATEGORY_QUESTIONS), item.category))
+    samples += [Sample("yesno", q.format(phrase=item.phrase), "yes") for q in yes_questions]
+    samples += [Sample("yesno", rng.choice(_YESNO_QUESTIONS).format(phrase=CLASSES[k].phrase), "no")
+                for k in negatives]
+    rng.shuffle(samples)
+    return samples
+
+
 def synthesize_fashion(
     out_dir: str | Path,
     split: str = "train",
@@ -224,6 +251,7 @@ def synthesize_fashion(
     image_size: int = NATIVE_SIZE,
     root: str | Path = FASHION_DIR,
     show_progress: bool = False,
+    short_answer_suffix: bool = True,
 ) -> Path:
     """Write a split's images to out_dir/images/ and their questions to out_dir/fashion.json; returns its path.
 
@@ -231,10 +259,13 @@ def synthesize_fashion(
     Images are saved as grayscale PNGs at `image_size` (default 28, the native size: the vision encoder
     resizes anyway, and it keeps writing 10k images to a couple of seconds). Image files and ids carry the
     split and the index in the source file ("images/test-000042.png", "test-000042-1"), so the splits never
-    share an id. out_dir/captions.json, questions.json and conversations.json are the training subsets;
+    share an id. out_dir/captions.json, questions.json, conversations.json and all-questions.json are the
+    training subsets;
     out_dir/labels.json keeps each image's index, label and class. The same seed gives identical files, and an
-    image's questions do not depend on n.
+    image's questions do not depend on n. `short_answer_suffix=False` leaves LLaVA-1.5's short-answer suffix off
+    the questions.
     """
+    suffix = SHORT_ANSWER_SUFFIX if short_answer_suffix else ""
     if image_size < NATIVE_SIZE:
         raise ValueError(f"image_size must be >= {NATIVE_SIZE} (the native size), got {image_size}")
     images, labels = load_fashion(split, root)
@@ -243,6 +274,7 @@ def synthesize_fashion(
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     conversations: list[dict] = []
+    every_question: list[dict] = []
     items: list[dict] = []
     for index in tqdm(indices.tolist(), desc=f"writing fashion-mnist {split}", disable=not show_progress):
         label = int(labels[index])
@@ -257,14 +289,15 @@ def synthesize_fashion(
         rng = random.Random(f"minillava-fashion:{seed}:{split}:{index}")
         samples = make_samples(label, rng)
         for j, sample in enumerate(samples):
-            records.append(qa_record(f"{name}-{j}", image_path, sample))
+            records.append(qa_record(f"{name}-{j}", image_path, sample, suffix))
         turns = [s for s in samples if s.kind != "caption"]
         rng.shuffle(turns)
-        conversations.append(conversation_record(f"{name}-c", image_path, leak_free_turns(turns)))
+        conversations.append(conversation_record(f"{name}-c", image_path, leak_free_turns(turns), suffix))
+        every_question.append(conversation_record(f"{name}-a", image_path, all_questions(label, rng), suffix))
     _write_json(out_dir / "labels.json", items)
     json_path = out_dir / "fashion.json"
     _write_json(json_path, records)
-    write_splits(out_dir, records, conversations, _write_json)
+    write_splits(out_dir, records, conversations, _write_json, every_question)
     return json_path
 
 
