@@ -37,9 +37,16 @@ def test_efficientnet_states_as_feature_layers(model):
     assert features.shape == (2, 49, 448)
     assert torch.allclose(features[..., :112].std(-1), torch.ones(2, 49), atol=0.01)
     assert torch.equal(features[0, :, 432:], grid_positions((7, 7), 16)) and torch.equal(features[0], features[1])
+    # With color_cells, the mean colours of 4 x 4 sub-cells follow (48 channels), in the pixels' [-1, 1] scale.
+    colored = EfficientNetLite0(VisionConfig(color_cells=4))
+    with torch.no_grad():
+        colours = colored(pixels[:1])[0, :, 448:]
+    colour = torch.tensor([200, 120, 40]) / 127.5 - 1
+    assert colored.hidden_size == 496 and torch.allclose(
+        colours.reshape(49, 3, 16), colour[None, :, None].expand(49, 3, 16), atol=1e-2)
     pixels = pixels[:1]
     # state 17: the library's own final map
-    head = EfficientNetLite0(VisionConfig(feature_layer=-1, position_channels=0))
+    head = EfficientNetLite0(VisionConfig(feature_layer=-1, position_channels=0, color_cells=0))
     with torch.no_grad():
         reference = head.net.extract_features(pixels).flatten(2).transpose(1, 2)
     assert head.hidden_size == 1280

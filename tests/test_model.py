@@ -63,8 +63,26 @@ def test_position_channels_order_cells_and_tell_them_apart():
 
 def test_folders_written_before_position_channels_keep_none():
     old = MiniLlavaConfig.from_dict({"vision": {"name": "efficientnet-lite0", "feature_layer": [11, 16]}})
-    assert old.vision.position_channels == 0
+    assert old.vision.position_channels == 0 and old.vision.color_cells == 0
     assert MiniLlavaConfig().vision.position_channels == 16  # new models get the encoder's default
+    assert MiniLlavaConfig().vision.color_cells == 0
+
+
+def test_cell_colors_keep_each_sub_cells_colour():
+    from minillava.model.vision.efficientnet import cell_colors
+
+    pixels = -torch.ones(1, 3, 224, 224)
+    pixels[0, 0, :8, :8] = 1.0  # a red 8 x 8 patch in the top-left sub-cell of the first token
+    colours = cell_colors(pixels, (7, 7), 4).reshape(1, 49, 3, 4, 4)
+    assert colours.shape == (1, 49, 3, 4, 4)
+    assert colours[0, 0, 0, 0, 0] == 1.0 and colours[0, 0, 0, 0, 1] == -1.0 and (colours[0, 1:, 0] == -1).all()
+    assert (colours[0, :, 1:] == -1).all()
+
+
+def test_vit_towers_take_no_color_cells(tiny_towers, tiny_llms):
+    assert make(tiny_towers, tiny_llms).config.vision.color_cells == 0
+    with pytest.raises(ValueError, match="color_cells are for CNN encoders"):
+        make(tiny_towers, tiny_llms, color_cells=2)
 
 
 @pytest.mark.parametrize(("projector", "tokens"), [("linear", 16), ("mlp3x_gelu", 16),

@@ -27,6 +27,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--position-channels", type=int, default=None,
                       help="2-D position channels appended to each token (CNN encoders); default: "
                            "EfficientNet-Lite0 16, ViT towers 0 (they embed position themselves)")
+    init.add_argument("--color-cells", type=int, default=None,
+                      help="mean colours of N x N sub-cells appended to each token (CNN encoders; 3 N^2 "
+                           "channels); default 0")
     init.add_argument("--chat-template", default=None,
                       help="replace the language model's chat template: 'chatml' (ChatML without a default system "
                            "turn) or a Jinja file")
@@ -59,7 +62,8 @@ def run_init(args: argparse.Namespace) -> int:
         layer = layer[0]
     model = MiniLlava.from_components(args.vision, args.llm, args.projector, seed=args.seed,
                                       feature_layer=layer, select=args.select, image_aspect=args.image_aspect,
-                                      position_channels=args.position_channels, chat_template=args.chat_template)
+                                      position_channels=args.position_channels, color_cells=args.color_cells,
+                                      chat_template=args.chat_template)
     model.save_pretrained(args.out)
     print(f"wrote {args.out}: {args.vision} -> {args.projector} -> {args.llm}, "
           f"{model.tokens_per_image} tokens per image")

@@ -94,7 +94,7 @@ def _starting_model(folder: Path, config: dict, index: int, dtype: torch.dtype) 
         if not (previous / CONFIG_NAME).is_file():
             raise MergeError(f"{folder}: the stage starts from {previous}, which is missing")
         return MiniLlava.from_pretrained(previous, dtype=dtype)
-    spec = ModelSpec(**{"position_channels": 0, **config["model"]})  # runs written before the option had none
+    spec = ModelSpec(**{"position_channels": 0, "color_cells": 0, **config["model"]})  # runs before the options
     seed = config["seed"] + index  # the seed training gave the new projector
     return MiniLlava.from_components(spec.vision, spec.llm, spec.projector, seed=seed, dtype=dtype,
                                      **spec.options())

@@ -14,6 +14,10 @@ DEFAULT_FEATURE_LAYERS: dict[str, int | list[int]] = {"efficientnet-lite0": [11,
 # Per encoder, fixed 2-D sine/cosine channels appended to every token. A CNN's tokens say what is in a cell, not
 # where the cell is; ViT towers (CLIP, SigLIP, DINOv2) carry position embeddings of their own and take none.
 DEFAULT_POSITION_CHANNELS: dict[str, int] = {"efficientnet-lite0": 16}
+# Per encoder, the side of the grid of sub-cells whose mean colour is appended to every token (3 channels each; a
+# recipe or `init --color-cells` turns them on). An ImageNet CNN's features barely tell flat colours apart: the
+# centre tokens of a large blue and a large yellow circle have a cosine similarity of 0.95. ViT towers take none.
+DEFAULT_COLOR_CELLS: dict[str, int] = {}
 
 
 @dataclass
@@ -25,12 +29,15 @@ class VisionConfig:
     image_aspect: str = "pad"  # pad (LLaVA-1.5), crop, or squash
     image_size: int | None = None  # None: the encoder's own size
     position_channels: int | None = None  # 2-D position channels per token (a multiple of 4); None: the default
+    color_cells: int | None = None  # mean colours of color_cells x color_cells sub-cells per token; None: default
 
     def __post_init__(self) -> None:
         if self.feature_layer is None:
             self.feature_layer = DEFAULT_FEATURE_LAYERS.get(self.name, -2)
         if self.position_channels is None:
             self.position_channels = DEFAULT_POSITION_CHANNELS.get(self.name, 0)
+        if self.color_cells is None:
+            self.color_cells = DEFAULT_COLOR_CELLS.get(self.name, 0)
 
 
 @dataclass
@@ -59,7 +66,8 @@ class MiniLlavaConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown keys in minillava config: {sorted(unknown)}")
-        vision = {"position_channels": 0, **data.get("vision", {})}  # folders written before the option have none
+        # Folders written before these options have none.
+        vision = {"position_channels": 0, "color_cells": 0, **data.get("vision", {})}
         data["vision"] = VisionConfig(**vision)
         return cls(**data)
 

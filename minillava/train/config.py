@@ -118,12 +118,14 @@ class ModelSpec:
     image_aspect: str = "pad"
     image_size: int | None = None
     position_channels: int | None = None  # None: the encoder's default (EfficientNet-Lite0 16, ViTs 0)
+    color_cells: int | None = None  # mean colours of N x N sub-cells per token (CNN encoders); None: 0
     chat_template: str | None = None  # a model.templates name (chatml) or a Jinja file; None: the LM's own
 
     def options(self) -> dict:
         """The settings `MiniLlava.from_components` takes after the three component names."""
         return {"feature_layer": self.feature_layer, "select": self.select, "image_aspect": self.image_aspect,
                 "image_size": self.image_size, "position_channels": self.position_channels,
+                "color_cells": self.color_cells,
                 "chat_template": self.chat_template}
 
 

@@ -6,7 +6,8 @@ average-pooled to the last map's grid (7 x 7 at 224 px), so the token count stay
 normalised per token (layer norm without weights), so maps of different scales mix evenly. Convolutions are
 translation-equivariant, so a token says what is in its cell but not where the cell is: fixed 2-D sine/cosine
 channels of the cell's centre are appended (`position_channels`), which "is the star left or right of the
-square?" needs.
+square?" needs. Its features also barely tell flat colours apart, so the mean colours of each cell's sub-cells
+are appended too (`color_cells`).
 Mid-level maps keep colour and shape, which the head (trained for ImageNet classes) largely discards; a linear
 probe per token (bench/encoder_probe.py) shows it.
 """
@@ -57,12 +58,23 @@ class EfficientNetLite0(VisionEncoder):
         self.num_tokens = side * side
         self.register_buffer("positions", grid_positions(self.grid, config.position_channels).to(dtype),
                              persistent=False)
-        self.hidden_size = sum(widths[layer] for layer in self.layers) + config.position_channels
+        if config.color_cells < 0:
+            raise ValueError(f"color_cells must be >= 0 (got {config.color_cells})")
+        self.color_cells = config.color_cells
+        self.hidden_size = (sum(widths[layer] for layer in self.layers) + config.position_channels
+                            + 3 * config.color_cells**2)
         # Inputs scaled to [-1, 1] suited this network better than ImageNet mean/std.
         self.transform = ImageTransform(
             size=(size, size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode=config.image_aspect
         )
         self.eval()
+
+    def train(self, mode: bool = True) -> EfficientNetLite0:
+        # Fine-tuned, the tower learns its weights with its batch-norm statistics and drop-connect fixed: a training
+        # batch holds a few images, whose statistics would replace ImageNet's with noise.
+        super().train(mode)
+        self.net.eval()
+        return self
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         net = self.net
@@ -81,7 +93,20 @@ class EfficientNetLite0(VisionEncoder):
         maps = [F.layer_norm(m, m.shape[-1:]) for m in maps]
         if self.positions.shape[-1]:
             maps.append(self.positions.to(maps[0].dtype).expand(maps[0].shape[0], -1, -1))
+        if self.color_cells:
+            maps.append(cell_colors(pixel_values, self.grid, self.color_cells).to(maps[0].dtype))
         return torch.cat(maps, dim=-1)  # (B, h * w, channels)
+
+
+def cell_colors(pixel_values: torch.Tensor, grid: tuple[int, int], cells: int) -> torch.Tensor:
+    """(B, h * w, 3 * cells**2): the mean colour of each of a token's cells x cells sub-cells, in the pixels'
+    [-1, 1] scale, which is the layer-normed features' scale beside them. A small shape fills a few sub-cells,
+    so its colour is not averaged away with the background's."""
+    h, w = grid
+    means = F.adaptive_avg_pool2d(pixel_values.float(), (h * cells, w * cells))  # (B, 3, h c, w c)
+    b = means.shape[0]
+    means = means.reshape(b, 3, h, cells, w, cells).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, 3, c, c)
+    return means.reshape(b, h * w, 3 * cells * cells)
 
 
 def grid_positions(grid: tuple[int, int], channels: int) -> torch.Tensor:

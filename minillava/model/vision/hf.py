@@ -27,6 +27,9 @@ class HFVisionTower(VisionEncoder):
             raise ValueError(f"vision select strategy {config.select!r}: choose one of {SELECT_STRATEGIES}")
         if config.image_size is not None:
             raise ValueError(f"{config.name} towers take the image size of their preprocessor; unset image_size")
+        if config.color_cells:
+            raise ValueError(f"{config.name}: color_cells are for CNN encoders; ViT towers keep colour in their "
+                             f"patch embeddings (got {config.color_cells})")
         if config.position_channels:
             raise ValueError(f"{config.name} tokens carry the tower's own position embeddings; "
                              f"position_channels must be 0 (got {config.position_channels})")
