@@ -6,10 +6,13 @@ the same held-out questions, which the demo writes deterministically under its d
 
     python bench/demo_quality.py                                   # the full demo in runs/demo, ~12 min on 2 cores
     python bench/demo_quality.py --preset long --out runs/demo-long
-    python bench/demo_quality.py --preset long --model runs/demo/final runs/demo-more-steps/instruct/final
+    python bench/demo_quality.py --model runs/demo/final                 # score a model folder again
 
-Accuracy is VQA accuracy (exact match after VQA normalisation) for open questions and POPE accuracy for yes/no;
-the targets are the README's. A second table splits the shapes answers by the number of shapes in the scene: a
+Accuracy is VQA accuracy (exact match after VQA normalisation) for open questions and POPE accuracy for yes/no,
+on 100 questions per kind (the full preset); the targets are the README's. Beside the held-out shapes scenes
+(drawn like the training ones) it scores the shifted set: the same kinds of questions on scenes drawn and worded
+as training never shows (synth drawing "shifted": other backgrounds, sizes, turns, layouts and wordings), which
+may score at most 10 points below. A second table splits the shapes answers by the number of shapes in the scene: a
 model that names the one shape of a lone-object scene but not its colour cannot read colour at all, which no
 amount of binding explains. It measures quality only: timings are in the demo's results.json.
 """

@@ -35,6 +35,41 @@ def test_targets_are_checked_against_the_numbers():
     assert met["shapes yes-ratio in 0.4-0.6"] is False
 
 
+def test_the_shifted_set_may_score_at_most_ten_points_below_the_held_out_one():
+    def stage(held_out, shifted):
+        return {"shapes": {"accuracy": held_out, "by_kind": {}, "yes_ratio": 0.5},
+                "shapes-shifted": {"accuracy": shifted, "by_kind": {}, "yes_ratio": 0.5}}
+    target = "shapes-shifted overall at most 10% below shapes"
+    assert {t["target"]: t["met"] for t in check_targets(stage(0.92, 0.85))}[target] is True
+    assert {t["target"]: t["met"] for t in check_targets(stage(0.92, 0.80))}[target] is False
+    assert {t["target"]: t["met"] for t in check_targets({"shapes": stage(0.9, 0.9)["shapes"]})}[target] is None
+
+
+def test_earlier_stages_get_fewer_questions_and_no_shifted_set():
+    from minillava.demo.data import EvalSet, early_sets
+
+    samples = [{"kind": kind, "question": f"{kind} {i}"} for kind in ("color", "yesno") for i in range(10)]
+    sets = [EvalSet("shapes", {"vqa": samples[:10], "pope": samples[10:]}),
+            EvalSet("shapes-shifted", {"vqa": samples[:10], "pope": samples[10:]})]
+    early = early_sets(PRESETS.get("quick"), sets)
+    assert [s.name for s in early] == ["shapes"] and early[0].size == 2 * PRESETS.get("quick").early_eval_per_kind
+    assert early[0].by_task["vqa"] == samples[:4]
+
+
+def test_accuracy_table_rows_follow_the_last_stage_and_show_both_counts():
+    from minillava.demo.report import accuracy_table
+
+    align = {"shapes": {"accuracy": 0.1, "n": 60, "by_kind": {"color": 0.0}, "n_by_kind": {"color": 30},
+                        "yes_ratio": None}}
+    instruct = {"shapes": {"accuracy": 0.5, "n": 200, "by_kind": {"color": 0.5}, "n_by_kind": {"color": 100},
+                           "yes_ratio": 0.5},
+                "shapes-shifted": {"accuracy": 0.4, "n": 200, "by_kind": {"color": 0.4},
+                                   "n_by_kind": {"color": 100}, "yes_ratio": 0.4}}
+    lines = accuracy_table({"stages": {"align": align, "instruct": instruct}}).splitlines()
+    assert "| shapes | color | 30 / 100 | 0.0 | 50.0 |" in lines
+    assert "| shapes-shifted | color | 100 | - | 40.0 |" in lines
+
+
 def test_targets_table_has_a_column_per_stage():
     align = {"shapes": {"accuracy": 0.1, "by_kind": {"color": 0.0}, "yes_ratio": 1.0}}
     instruct = {"shapes": {"accuracy": 0.92, "by_kind": {"color": 0.96}, "yes_ratio": 0.5}}

@@ -21,13 +21,18 @@ FASHION_HINT = (f"Fashion-MNIST is not installed ({FASHION_DIR} is missing): the
                 f"To add it: sudo apt-get install dataset-fashion-mnist (or run `make setup` as root).")
 
 # Which evaluation task scores each kind of held-out question.
+SHAPES_KINDS = {"color": "vqa", "shape": "vqa", "count": "vqa", "position": "vqa", "yesno": "pope"}
 EVAL_KINDS = {
-    "shapes": {"color": "vqa", "shape": "vqa", "count": "vqa", "position": "vqa", "yesno": "pope"},
+    "shapes": SHAPES_KINDS,
+    "shapes-shifted": SHAPES_KINDS,  # the same questions on scenes drawn and worded differently (synth "shifted")
     "fashion": {"item": "vqa", "category": "vqa", "yesno": "pope"},
 }
 # Fashion's item questions name the category in some variants ("What kind of shoe is this?"); evaluation asks
 # the one question that gives nothing away.
 FASHION_ITEM_QUESTION = "What item is this?"
+# The demo's questions come without LLaVA-1.5's "Answer the question using a single word or phrase." (11 of a
+# question's ~26 tokens): its recipe's synth entries say short_answer_suffix: false, and so are the held-out sets.
+SHORT_ANSWER_SUFFIX_IN_DEMO = False
 
 
 @dataclass
@@ -38,6 +43,16 @@ class EvalSet:
     @property
     def size(self) -> int:
         return sum(len(s) for s in self.by_task.values())
+
+    def first(self, per_kind: int) -> EvalSet:
+        """The first `per_kind` samples of each question kind."""
+        return EvalSet(self.name, _per_kind([s for v in self.by_task.values() for s in v],
+                                            EVAL_KINDS[self.name], per_kind))
+
+
+def early_sets(preset: Preset, sets: list[EvalSet]) -> list[EvalSet]:
+    """What the models of earlier stages are asked: fewer questions per kind, and not the shifted set."""
+    return [s.first(preset.early_eval_per_kind) for s in sets if s.name != "shapes-shifted"]
 
 
 def demo_recipe(preset: Preset, out: Path, with_fashion: bool) -> TrainConfig:
@@ -69,20 +84,26 @@ def _per_kind(samples: list[dict], kinds: dict[str, str], quota: int) -> dict[st
 
 
 def held_out_sets(preset: Preset, data: Path, with_fashion: bool) -> list[EvalSet]:
-    """Test images never seen in training (other seeds; Fashion-MNIST's test split), as evaluation samples."""
-    shapes_dir = data / "shapes-test"
-    if not (shapes_dir / "questions.json").exists():
-        synthesize_shapes(shapes_dir, n=preset.shapes_test_images, seed=2, image_size=224, show_progress=True)
-    sets = [EvalSet("shapes", _per_kind(load_samples(shapes_dir / "questions.json"), EVAL_KINDS["shapes"],
-                                        preset.eval_per_kind))]
+    """Test images never seen in training (other seeds; Fashion-MNIST's test split), as evaluation samples, and
+    the shifted shapes set: scenes drawn and questions worded in ways training never shows."""
+    sets = []
+    for name, folder, seed, drawing in (("shapes", "shapes-test", 2, "varied"),
+                                        ("shapes-shifted", "shapes-shifted", 3, "shifted")):
+        shapes_dir = data / folder
+        if not (shapes_dir / "questions.json").exists():
+            synthesize_shapes(shapes_dir, n=preset.shapes_test_images, seed=seed, image_size=224,
+                              show_progress=True, drawing=drawing, short_answer_suffix=SHORT_ANSWER_SUFFIX_IN_DEMO)
+        sets.append(EvalSet(name, _per_kind(load_samples(shapes_dir / "questions.json"), EVAL_KINDS[name],
+                                            preset.eval_per_kind)))
     if with_fashion:
         fashion_dir = data / "fashion-test"
         if not (fashion_dir / "questions.json").exists():
-            synthesize_fashion(fashion_dir, split="test", n=preset.fashion_test_images, seed=0, show_progress=True)
+            synthesize_fashion(fashion_dir, split="test", n=preset.fashion_test_images, seed=0, show_progress=True,
+                               short_answer_suffix=SHORT_ANSWER_SUFFIX_IN_DEMO)
         samples = load_samples(fashion_dir / "questions.json")
         for sample in samples:
             if sample.get("kind") == "item":
-                sample["question"] = FASHION_ITEM_QUESTION + SHORT_ANSWER_SUFFIX
+                sample["question"] = FASHION_ITEM_QUESTION + (SHORT_ANSWER_SUFFIX if SHORT_ANSWER_SUFFIX_IN_DEMO else "")
         sets.append(EvalSet("fashion", _per_kind(samples, EVAL_KINDS["fashion"], preset.eval_per_kind)))
     return sets
 
@@ -92,7 +113,11 @@ def photo_questions(data: Path) -> list[dict]:
     photos_dir = data / "photos"
     if not (photos_dir / "photos.json").exists():
         synthesize_photos(photos_dir)
-    return [s for s in load_samples(photos_dir / "photos.json") if s.get("kind") != "caption"]
+    samples = [s for s in load_samples(photos_dir / "photos.json") if s.get("kind") != "caption"]
+    if not SHORT_ANSWER_SUFFIX_IN_DEMO:
+        for sample in samples:
+            sample["question"] = sample["question"].removesuffix(SHORT_ANSWER_SUFFIX)
+    return samples
 
 
 def fashion_ready() -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from minillava.demo.data import EvalSet, demo_recipe, fashion_ready, held_out_sets, photo_questions
+from minillava.demo.data import EvalSet, demo_recipe, early_sets, fashion_ready, held_out_sets, photo_questions
 from minillava.demo.presets import PRESETS
 from minillava.demo.report import check_targets, write_report
 from minillava.eval.runner import evaluate
@@ -103,14 +103,15 @@ def run_demo(preset: str = "full", out: str | Path = "runs/demo", resume: bool =
     # Each stage's model is evaluated in the precision it trained in. On 2 CPU cores bf16 answered 90-95 % of the
     # full preset's 240 held-out questions as fp32 did (each kind's accuracy within two questions), in 16 s
     # against 41 s.
-    for summary, stage_config in zip(summaries, config.stages, strict=True):
+    for k, (summary, stage_config) in enumerate(zip(summaries, config.stages, strict=True)):
         dtype = precision_dtype(stage_config.precision)
         precisions[summary.stage] = stage_config.precision
+        asked = sets if k == len(summaries) - 1 else early_sets(chosen, sets)
         log.info("evaluating the %s model (%s, %s) on %s", summary.stage, stage_config.precision, device,
-                 ", ".join(f"{s.name} ({s.size} questions)" for s in sets))
+                 ", ".join(f"{s.name} ({s.size} questions)" for s in asked))
         model = MiniLlava.from_pretrained(summary.final_dir, dtype=dtype).to(device).eval()
         with torch.inference_mode():
-            stages[summary.stage] = evaluate_stage(model, sets, batch_size)
+            stages[summary.stage] = evaluate_stage(model, asked, batch_size)
             photo_answers[summary.stage] = answer_photos(model, photos, batch_size)
     evaluated = time.perf_counter()
 
