@@ -503,30 +503,30 @@ def all_questions(scene: Scene, rng: random.Random, per_kind: int = QUESTIONS_PE
         rng.shuffle(samples)
         return samples[:per_kind]
 
-    colour = [Sample("color", rng.choice(_asked(scene, "color")).format(shape=s.shape), s.color)
-              for s in scene.shapes if shapes_seen.count(s.shape) == 1]
-    shape = [Sample("shape", rng.choice(_asked(scene, "shape")).format(color=s.color), s.shape)
-             for s in scene.shapes if colors_seen.count(s.color) == 1]
+    def ask(kind: str, wording: str, answer: str, **names: str) -> Sample:
+        return Sample(kind, rng.choice(_asked(scene, wording)).format(**names), answer)
+
+    colour = [ask("color", "color", s.color, shape=s.shape) for s in scene.shapes if shapes_seen.count(s.shape) == 1]
+    shape = [ask("shape", "shape", s.shape, color=s.color) for s in scene.shapes if colors_seen.count(s.color) == 1]
     absent = [t for t in SHAPES if t not in shapes_seen]
-    count = [Sample("count", rng.choice(_asked(scene, "count_all")), str(len(scene.shapes)))] + some(
-        [Sample("count", rng.choice(_asked(scene, "count_type")).format(shape=t), str(shapes_seen.count(t)))
-         for t in sorted(set(shapes_seen)) + absent[:1]])
+    count = [ask("count", "count_all", str(len(scene.shapes)))] + some(
+        [ask("count", "count_type", str(shapes_seen.count(t)), shape=t) for t in sorted(set(shapes_seen)) + absent[:1]])
     names = [s.name for s in scene.shapes]
     nameable = [s for s in scene.shapes if names.count(s.name) == 1]
     position = some(
-        [Sample("position", rng.choice(_asked(scene, "pair")).format(a=a.name, b=b.name), "left" if a.x < b.x else "right")
+        [ask("position", "pair", "left" if a.x < b.x else "right", a=a.name, b=b.name)
          for a, b in permutations(nameable, 2) if abs(a.x - b.x) >= PAIR_MIN_DX * size]
-        + [Sample("position", rng.choice(_asked(scene, "half")).format(a=a.name), "left" if a.x < size / 2 else "right")
+        + [ask("position", "half", "left" if a.x < size / 2 else "right", a=a.name)
            for a in nameable if abs(a.x - size / 2) >= HALF_MIN_DX * size])
     present = {(s.color, s.shape) for s in scene.shapes}
     missing = [(c, t) for c in colors_for(scene.background) for t in SHAPES if (c, t) not in present]
     hard = [(c, t) for c, t in missing if any(c == pc or t == pt for pc, pt in present)]
-    yes = some([Sample("yesno", rng.choice(_asked(scene, "yesno")).format(obj=_article(n)), "yes") for n in dict.fromkeys(names)])
+    yes = some([ask("yesno", "yesno", "yes", obj=_article(n)) for n in dict.fromkeys(names)])
     yes = yes[: per_kind // 2] or yes
     rng.shuffle(hard)
     rng.shuffle(missing)
     negatives = list(dict.fromkeys(hard[: len(yes)] + missing))[: len(yes)]
-    no = [Sample("yesno", rng.choice(_asked(scene, "yesno")).format(obj=_article(f"{c} {t}")), "no") for c, t in negatives]
+    no = [ask("yesno", "yesno", "no", obj=_article(f"{c} {t}")) for c, t in negatives]
     samples = some(colour) + some(shape) + count[:per_kind] + position + yes + no
     rng.shuffle(samples)
     return samples

@@ -103,7 +103,7 @@ def held_out_sets(preset: Preset, data: Path, with_fashion: bool) -> list[EvalSe
         samples = load_samples(fashion_dir / "questions.json")
         for sample in samples:
             if sample.get("kind") == "item":
-                sample["question"] = FASHION_ITEM_QUESTION + (SHORT_ANSWER_SUFFIX if SHORT_ANSWER_SUFFIX_IN_DEMO else "")
+                sample["question"] = FASHION_ITEM_QUESTION + (SHORT_ANSWER_SUFFIX * SHORT_ANSWER_SUFFIX_IN_DEMO)
         sets.append(EvalSet("fashion", _per_kind(samples, EVAL_KINDS["fashion"], preset.eval_per_kind)))
     return sets
 
