@@ -116,6 +116,11 @@ def test_a_stage_learns_independent_turns_and_validates_them(tmp_path):
         tiny_config(tmp_path, "stages.instruct.data.0.turns=parallel")
 
 
+def test_a_stage_names_a_known_objective(tmp_path):
+    with pytest.raises(ValueError, match="objective 'dpo-typo'; known: sft"):
+        train(tiny_config(tmp_path, "stages.align.objective=dpo-typo"))
+
+
 def test_bad_samples_are_skipped_and_counted(tmp_path):
     root = tmp_path / "bad"
     root.mkdir()

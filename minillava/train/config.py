@@ -82,6 +82,7 @@ class StageConfig:
     lr: float = 1e-3
     warmup_ratio: float = 0.03
     schedule: str = "cosine"  # cosine or constant (after warmup)
+    objective: str = "sft"  # what the stage minimises: a train.objectives name (sft: the replies' cross-entropy)
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA), fp16 (CUDA, with a grad scaler)

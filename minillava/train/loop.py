@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,9 +18,9 @@ import yaml
 from tqdm import tqdm
 
 from minillava.data.collate import Batch
-from minillava.data.tokenize import IGNORE_INDEX
 from minillava.model import MiniLlava
 from minillava.model.language import set_attention
+from minillava.model.llava import ForwardOutput
 from minillava.paths import atomic_folder
 from minillava.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from minillava.train.config import StageConfig, TrainConfig, precision_dtype
@@ -27,6 +28,7 @@ from minillava.train.data import SkipReport, TrainingSet
 from minillava.train.distributed import SINGLE_PROCESS, World, close_world, init_world
 from minillava.train.features import FeatureCache, weights_digest
 from minillava.train.metrics import MetricsLog, plot_losses
+from minillava.train.objectives import OBJECTIVES
 from minillava.train.schedule import warmup_schedule
 from minillava.train.sharding import clip_gradients, gather_optimizer, gather_trainable, load_trainable, shard
 from minillava.train.tuning import apply_tuning, cast_frozen_language_model, finalize, param_groups, trainable_state
@@ -127,6 +129,10 @@ class StageRun:
         self.config = config
         self.index = index
         self.stage: StageConfig = config.stages[index]
+        if self.stage.objective not in OBJECTIVES:
+            raise ValueError(f"stage {self.stage.name!r}: objective {self.stage.objective!r}; known: "
+                             f"{', '.join(OBJECTIVES.names())}")
+        self.objective = OBJECTIVES.get(self.stage.objective)
         self.seed = config.seed + index
         self.world = world
         self.dir = stage_dir
@@ -328,11 +334,15 @@ class StageRun:
             if self.world.all(batch is not None):
                 return batch
 
-    def _forward(self, batch: Batch):
+    @staticmethod
+    def _call(module: torch.nn.Module, batch: Batch) -> ForwardOutput:
+        return module(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
+                      vision_features=batch.vision_features, block_ids=batch.block_ids,
+                      position_ids=batch.position_ids)
+
+    def _forward(self, batch: Batch) -> ForwardOutput:
         with self._autocast():
-            return self.runner(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
-                               vision_features=batch.vision_features, block_ids=batch.block_ids,
-                               position_ids=batch.position_ids)
+            return self._call(self.runner, batch)
 
     def _autocast(self):
         stage = self.stage
@@ -401,7 +411,7 @@ class StageRun:
         self.optimizer.zero_grad(set_to_none=True)
         batches = [self._next_batch() for _ in range(stage.grad_accum)]
         self._last_len = max(b.input_ids.shape[1] for b in batches)
-        counts = [int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches]
+        counts = [self.objective.count(b) for b in batches]
         total = max(1.0, self.world.sum(sum(counts))[0])
         loss_sum = 0.0
         for k, (batch, count) in enumerate(zip(batches, counts, strict=True)):
@@ -411,8 +421,8 @@ class StageRun:
             accumulate = not last and self.world.distributed and not self.sharded
             sync = self.runner.no_sync() if accumulate else contextlib.nullcontext()
             with sync:
-                out = self._forward(batch)
-                loss = out.loss * (count * self.world.size / total)
+                mean, _ = self.objective.loss(self._forward, batch)
+                loss = mean * (count * self.world.size / total)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += float(loss.detach()) / self.world.size
         samples = sum(len(b.input_ids) for b in batches)
@@ -461,11 +471,9 @@ class StageRun:
                     self._idle_forward()
                 continue
             with self._autocast():  # the bare model: no gradient synchronisation to take part in
-                out = self.model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
-                                 vision_features=batch.vision_features, block_ids=batch.block_ids,
-                                 position_ids=batch.position_ids)
-            total_loss += float(out.loss) * out.num_label_tokens
-            total_tokens += out.num_label_tokens
+                mean, units = self.objective.loss(partial(self._call, self.model), batch)
+            total_loss += float(mean) * units
+            total_tokens += units
         self.model.train()
         total_loss, total_tokens = self.world.sum(total_loss, total_tokens)
         if total_tokens:
