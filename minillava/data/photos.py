@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from minillava.data.synth import Sample, qa_record
+from minillava.data.synth import SHORT_ANSWER_SUFFIX, Sample, qa_record
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +171,13 @@ def photo_samples(photo: Photo) -> list[Sample]:
     ]
 
 
-def synthesize_photos(out_dir: str | Path) -> Path:
+def synthesize_photos(out_dir: str | Path, short_answer_suffix: bool = True) -> Path:
     """Write the photos to out_dir/images/ and their caption and questions to out_dir/photos.json.
 
     Returns the JSON path. Photos that cannot be loaded here are left out, each with a logged warning.
+    `short_answer_suffix=False` leaves LLaVA-1.5's short-answer suffix off the questions.
     """
+    suffix = SHORT_ANSWER_SUFFIX if short_answer_suffix else ""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
@@ -188,7 +190,7 @@ def synthesize_photos(out_dir: str | Path) -> Path:
         image_path = f"images/{photo.name}.png"
         image.save(out_dir / image_path)
         for j, sample in enumerate(photo_samples(photo)):
-            records.append(qa_record(f"photo-{photo.name}-{j}", image_path, sample))
+            records.append(qa_record(f"photo-{photo.name}-{j}", image_path, sample, suffix))
     json_path = out_dir / "photos.json"
     json_path.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return json_path

@@ -31,8 +31,10 @@ EVAL_KINDS = {
 # the one question that gives nothing away.
 FASHION_ITEM_QUESTION = "What item is this?"
 # The demo's questions come without LLaVA-1.5's "Answer the question using a single word or phrase." (11 of a
-# question's ~26 tokens): its recipe's synth entries say short_answer_suffix: false, and so are the held-out sets.
+# question's ~26 tokens): its recipe's synth entries say short_answer_suffix: false, and so are the held-out sets
+# and the photos' questions.
 SHORT_ANSWER_SUFFIX_IN_DEMO = False
+_DEMO_SUFFIX = SHORT_ANSWER_SUFFIX if SHORT_ANSWER_SUFFIX_IN_DEMO else ""
 
 
 @dataclass
@@ -103,7 +105,7 @@ def held_out_sets(preset: Preset, data: Path, with_fashion: bool) -> list[EvalSe
         samples = load_samples(fashion_dir / "questions.json")
         for sample in samples:
             if sample.get("kind") == "item":
-                sample["question"] = FASHION_ITEM_QUESTION + (SHORT_ANSWER_SUFFIX * SHORT_ANSWER_SUFFIX_IN_DEMO)
+                sample["question"] = FASHION_ITEM_QUESTION + _DEMO_SUFFIX
         sets.append(EvalSet("fashion", _per_kind(samples, EVAL_KINDS["fashion"], preset.eval_per_kind)))
     return sets
 
@@ -112,12 +114,8 @@ def photo_questions(data: Path) -> list[dict]:
     """The packaged real photos with this project's questions: shown, not scored against targets."""
     photos_dir = data / "photos"
     if not (photos_dir / "photos.json").exists():
-        synthesize_photos(photos_dir)
-    samples = [s for s in load_samples(photos_dir / "photos.json") if s.get("kind") != "caption"]
-    if not SHORT_ANSWER_SUFFIX_IN_DEMO:
-        for sample in samples:
-            sample["question"] = sample["question"].removesuffix(SHORT_ANSWER_SUFFIX)
-    return samples
+        synthesize_photos(photos_dir, short_answer_suffix=SHORT_ANSWER_SUFFIX_IN_DEMO)
+    return [s for s in load_samples(photos_dir / "photos.json") if s.get("kind") != "caption"]
 
 
 def fashion_ready() -> bool:

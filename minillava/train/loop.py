@@ -129,10 +129,10 @@ class StageRun:
         self.config = config
         self.index = index
         self.stage: StageConfig = config.stages[index]
-        if self.stage.objective not in OBJECTIVES:
-            raise ValueError(f"stage {self.stage.name!r}: objective {self.stage.objective!r}; known: "
-                             f"{', '.join(OBJECTIVES.names())}")
-        self.objective = OBJECTIVES.get(self.stage.objective)
+        try:
+            self.objective = OBJECTIVES.get(self.stage.objective)
+        except KeyError as error:
+            raise ValueError(f"stage {self.stage.name!r}: {error.args[0]}") from None
         self.seed = config.seed + index
         self.world = world
         self.dir = stage_dir
