@@ -130,6 +130,27 @@ def test_shipped_recipes_parse(recipe):
     assert config.stages and all(stage.data for stage in config.stages)
 
 
+def test_held_out_questions_are_asked_as_the_recipe_trained_them(monkeypatch):
+    """The recipe's questions have no short-answer suffix; the vqa and pope tasks would append one that the model
+    never saw in training, so the demo replaces it with its own (none)."""
+    from minillava.demo import run
+    from minillava.demo.data import DEMO_SUFFIX, SHORT_ANSWER_SUFFIX_IN_DEMO, EvalSet
+    from minillava.eval.runner import EvalResult
+
+    recipe = load_recipe(RECIPES / "default.yaml")
+    synth = [s.synth for stage in recipe.stages for s in stage.data if s.synth]
+    assert synth and all(o.get("short_answer_suffix", True) == SHORT_ANSWER_SUFFIX_IN_DEMO for o in synth)
+    asked = []
+
+    def fake_evaluate(model, task, samples, **options):
+        asked.append(options["post_prompt"])
+        return EvalResult(task, [{"kind": "color", "score": 1.0}], {})
+
+    monkeypatch.setattr(run, "evaluate", fake_evaluate)
+    run.evaluate_stage(None, [EvalSet("shapes", {"vqa": [{}], "pope": [{}]})], batch_size=1)
+    assert asked == [DEMO_SUFFIX, DEMO_SUFFIX] == ["", ""]
+
+
 @pytest.mark.embedded
 def test_quick_demo_trains_evaluates_and_reports(tmp_path, capsys):
     from minillava.cli import main

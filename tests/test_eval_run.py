@@ -59,6 +59,27 @@ def test_evaluate_in_memory_matches_plain_generation(tiny_model, data_dir):
     assert result.metrics["n_by_kind"] == {"color": 3, "yesno": 3}
 
 
+def test_post_prompt_asks_as_the_model_was_trained(tiny_model, data_dir):
+    """A model trained without LLaVA's short-answer suffix is asked without it: post_prompt="" replaces the
+    task's own, and a question that already ends with the suffix is not given it twice."""
+    from minillava.eval.tasks import TASKS
+
+    vqa, pope = TASKS.get("vqa"), TASKS.get("pope")
+    suffix = "\nAnswer the question using a single word or phrase."
+    assert vqa.prompt({"question": "Colour? "}) == "Colour?" + suffix
+    assert vqa.prompt({"question": "Colour?" + suffix}) == "Colour?" + suffix
+    assert pope.prompt({"question": "Is it red?"}, post_prompt="") == "Is it red?"
+    assert vqa.prompt({"question": "Colour?"}, post_prompt=" Be brief.") == "Colour? Be brief."
+    assert TASKS.get("caption").post_prompt == "" and TASKS.get("judge").post_prompt == ""
+    model = MiniLlava.from_pretrained(tiny_model)
+    samples = load_samples(data_dir / "vqa.jsonl")[:3]
+    result = evaluate(model, "vqa", samples, max_new_tokens=6, progress=False, post_prompt="")
+    expected = model.generate([build_prompt(s["question"], [s["image"]]) for s in samples],
+                              GenerationConfig(max_new_tokens=6))
+    assert [p["prediction"] for p in result.predictions] == [g.text.strip() for g in expected]
+    assert result.metrics["post_prompt"] == ""
+
+
 def test_evaluate_mc_and_pope_with_pil_images(tiny_model):
     model = MiniLlava.from_pretrained(tiny_model)
     image = Image.new("RGB", (32, 32), (200, 30, 30))

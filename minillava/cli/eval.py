@@ -32,6 +32,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=int, default=None, help="only the first N samples")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
+    ev.add_argument("--post-prompt", default=None,
+                    help="text after every question instead of the task's own (vqa and pope: LLaVA-1.5's short-answer "
+                         "instruction); --post-prompt '' for a model trained without it")
     ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ev.add_argument("--no-ood", action="store_true", help="skip OOD scores even when the model has a detector")
     _judge_options(ev)
@@ -92,7 +95,8 @@ def run_eval(args: argparse.Namespace) -> int:
     model = MiniLlava.from_pretrained(args.model, dtype=DTYPES[args.dtype])
     detector = None if args.no_ood else Detector.load(args.model)
     result = evaluate(model, args.task, samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                      progress=sys.stderr.isatty(), detector=detector, scoring=scoring)
+                      progress=sys.stderr.isatty(), detector=detector, scoring=scoring,
+                      post_prompt=args.post_prompt)
     result.metrics |= {"model": str(args.model), "data": str(args.data)}
     out = result.save(args.out)
     print(json.dumps({k: v for k, v in result.metrics.items() if k not in ("by_kind", "n_by_kind")}, indent=1))

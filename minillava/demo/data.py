@@ -34,7 +34,8 @@ FASHION_ITEM_QUESTION = "What item is this?"
 # question's ~26 tokens): its recipe's synth entries say short_answer_suffix: false, and so are the held-out sets
 # and the photos' questions.
 SHORT_ANSWER_SUFFIX_IN_DEMO = False
-_DEMO_SUFFIX = SHORT_ANSWER_SUFFIX if SHORT_ANSWER_SUFFIX_IN_DEMO else ""
+# Evaluation asks the questions the same way (the vqa and pope tasks would otherwise append the suffix).
+DEMO_SUFFIX = SHORT_ANSWER_SUFFIX if SHORT_ANSWER_SUFFIX_IN_DEMO else ""
 
 
 @dataclass
@@ -105,7 +106,7 @@ def held_out_sets(preset: Preset, data: Path, with_fashion: bool) -> list[EvalSe
         samples = load_samples(fashion_dir / "questions.json")
         for sample in samples:
             if sample.get("kind") == "item":
-                sample["question"] = FASHION_ITEM_QUESTION + _DEMO_SUFFIX
+                sample["question"] = FASHION_ITEM_QUESTION + DEMO_SUFFIX
         sets.append(EvalSet("fashion", _per_kind(samples, EVAL_KINDS["fashion"], preset.eval_per_kind)))
     return sets
 

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import torch
 
-from minillava.demo.data import EvalSet, demo_recipe, early_sets, fashion_ready, held_out_sets, photo_questions
+from minillava.demo.data import (
+    DEMO_SUFFIX,
+    EvalSet,
+    demo_recipe,
+    early_sets,
+    fashion_ready,
+    held_out_sets,
+    photo_questions,
+)
 from minillava.demo.presets import PRESETS
 from minillava.demo.report import check_targets, write_report
 from minillava.eval.runner import evaluate
@@ -27,12 +35,14 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_stage(model: MiniLlava, sets: list[EvalSet], batch_size: int) -> dict:
-    """Accuracy per data set and question kind; every prediction kept for the report."""
+    """Accuracy per data set and question kind; every prediction kept for the report. Questions are asked as
+    the recipe trained them (DEMO_SUFFIX after each, not the vqa / pope tasks' own)."""
     out = {}
     for eval_set in sets:
         predictions, metrics = [], {}
         for task, samples in eval_set.by_task.items():
-            result = evaluate(model, task, samples, batch_size=batch_size, progress=True)
+            result = evaluate(model, task, samples, batch_size=batch_size, progress=True,
+                              post_prompt=DEMO_SUFFIX)
             predictions += result.predictions
             metrics[task] = result.metrics
         by_kind: dict[str, list[float]] = defaultdict(list)

@@ -59,9 +59,12 @@ def _checked(task: Task, samples: list[dict], image_root: str | Path | None) -> 
 
 def evaluate(model, task: str | Task, samples: list[dict], batch_size: int = 8, max_new_tokens: int | None = None,
              limit: int | None = None, progress: bool = True, image_root: str | Path | None = None,
-             detector: Detector | None = None, scoring: dict | None = None) -> EvalResult:
+             detector: Detector | None = None, scoring: dict | None = None,
+             post_prompt: str | None = None) -> EvalResult:
     """Answer every sample greedily in batches and score the answers.
 
+    `post_prompt` replaces the text the task appends to every question (vqa and pope: LLaVA-1.5's "Answer the
+    question using a single word or phrase."); ask a model the way it was trained: "" if its questions had none.
     `max_new_tokens` defaults to the task's own; `detector` adds each image's `ood_score` (and `ood_flag`);
     `scoring` goes to the task's scorer (the judge task needs `{"judge": JudgeConfig(...)}`). The model is put
     in eval mode for the run and given back in the mode it came in.
@@ -81,7 +84,7 @@ def evaluate(model, task: str | Task, samples: list[dict], batch_size: int = 8, 
         for first in range(0, len(samples), batch_size):
             batch = samples[first : first + batch_size]
             images = [[s["image"]] if s.get("image") is not None else [] for s in batch]
-            prompts = [build_prompt(task.prompt(s), imgs) for s, imgs in zip(batch, images, strict=True)]
+            prompts = [build_prompt(task.prompt(s, post_prompt), imgs) for s, imgs in zip(batch, images, strict=True)]
             replies = model.generate(prompts, config)
             records = [_record(s, r.text.strip()) for s, r in zip(batch, replies, strict=True)]
             if detector is not None:
@@ -97,7 +100,8 @@ def evaluate(model, task: str | Task, samples: list[dict], batch_size: int = 8, 
         record.update(detail)
     metrics = {"task": task.name, **scored.metrics, "n": len(predictions), "seconds": round(seconds, 2),
                "samples_per_s": round(len(predictions) / seconds, 3) if seconds else None,
-               "max_new_tokens": config.max_new_tokens}
+               "max_new_tokens": config.max_new_tokens,
+               "post_prompt": task.post_prompt if post_prompt is None else post_prompt}
     if detector is not None:
         metrics["ood"] = _ood_summary(detector, predictions)
     return EvalResult(task.name, predictions, metrics)

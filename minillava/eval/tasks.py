@@ -19,9 +19,13 @@ class Task:
     build_prompt: Callable[[dict], str]
     scorer: Callable[..., Scored]  # (records, **options) -> Scored
     check_sample: Callable[[dict], None]  # raises ValueError naming what a sample lacks
+    # What follows every question (lmms-eval's post_prompt): LLaVA-1.5's short-answer instruction for vqa and
+    # pope. A model trained without it is asked without it: `prompt(sample, post_prompt="")`.
+    post_prompt: str = ""
 
-    def prompt(self, sample: dict) -> str:
-        return self.build_prompt(sample)
+    def prompt(self, sample: dict, post_prompt: str | None = None) -> str:
+        """The question as the model is asked it; `post_prompt` replaces the task's own (None keeps it)."""
+        return _with_suffix(self.build_prompt(sample), self.post_prompt if post_prompt is None else post_prompt)
 
     def score_records(self, predictions: list[dict], **options) -> Scored:
         """Metrics and per-prediction details; options go to the scorer (judge=... for the judge task)."""
@@ -55,19 +59,20 @@ def _check_pope(sample: dict) -> None:
 
 
 def _with_suffix(question: str, suffix: str) -> str:
+    """The question ending with `suffix`, once: a sample that already carries it is asked as it is."""
     question = question.strip()
-    return question if question.endswith(suffix.strip()) else question + suffix
+    return question if not suffix or question.endswith(suffix.strip()) else question + suffix
 
 
 TASKS: Registry[Task] = Registry("eval task")
 for _task in (
     Task("vqa", "open questions, VQAv2 accuracy", "accuracy", 16,
-         lambda s: _with_suffix(s["question"], vqa.PROMPT_SUFFIX), vqa.score_vqa, _needs_question),
+         lambda s: s["question"].strip(), vqa.score_vqa, _needs_question, vqa.PROMPT_SUFFIX),
     Task("mc", "multiple choice (MMMU / ScienceQA style), accuracy", "accuracy", 8,
          lambda s: choice.format_prompt(s["question"].strip(), [str(c) for c in s["choices"]]),
          choice.score_choices, _check_mc),
     Task("pope", "yes/no object probing (POPE), F1 with yes positive", "f1", 8,
-         lambda s: _with_suffix(s["question"], pope.PROMPT_SUFFIX), pope.score_pope, _check_pope),
+         lambda s: s["question"].strip(), pope.score_pope, _check_pope, pope.PROMPT_SUFFIX),
     Task("caption", "captions: MiniLM similarity, BLEU-4, CIDEr-D", "cider_d", 48,
          lambda s: (s.get("question") or caption.DEFAULT_PROMPT).strip(), caption.score_captions, references),
     Task("judge", "open answers graded 0-1 by a judge model (MM-Vet style)", "score", 128,

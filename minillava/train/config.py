@@ -72,6 +72,7 @@ class StageConfig:
     evals: list[EvalSource] = field(default_factory=list)
     init_from: str | None = None  # a model folder; default: the previous stage's final/, or a new model
     vision: Tuning = field(default_factory=Tuning)
+    post_prompt: str | None = None  # after every question instead of the task's own ("" for none)
     projector: Tuning = field(default_factory=lambda: Tuning(mode="full"))
     language_model: Tuning = field(default_factory=Tuning)
     epochs: float = 1.0

@@ -503,7 +503,8 @@ class StageRun:
                 task = TASKS.get(source.task)
                 samples = load_samples(source.path, source.image_root, source.limit)
                 with self._autocast():
-                    result = evaluate(self.model, task, samples, batch_size=self.stage.batch_size, progress=False)
+                    result = evaluate(self.model, task, samples, batch_size=self.stage.batch_size, progress=False,
+                                      post_prompt=source.post_prompt)
                 name = source.name or f"{Path(source.path).stem}-{task.name}"
                 record[f"{name}/{task.headline}"] = round(result.metrics[task.headline], 6)
                 log.info("%s step %d: %s %s %.4f", self.stage.name, self.step, name, task.headline,
