@@ -6,7 +6,8 @@ import torch
 
 from minillava.data.conversation import Conversation, Turn
 from minillava.model import MiniLlava
-from minillava.train.objectives import OBJECTIVES, label_tokens
+from minillava.train.config import StageConfig
+from minillava.train.objectives import OBJECTIVES, build_objective, label_tokens
 
 
 def test_sft_is_the_replies_cross_entropy_over_their_label_tokens(tiny_towers, tiny_llms, images):
@@ -15,10 +16,11 @@ def test_sft_is_the_replies_cross_entropy_over_their_label_tokens(tiny_towers, t
                      for answer, im in (("a red box", images[0]), ("green", images[1]))]
     batch = model.prepare(conversations)
     forward = lambda b: model(b.input_ids, b.attention_mask, b.labels, b.pixel_values)  # noqa: E731
-    sft = OBJECTIVES.get("sft")
+    sft = build_objective(StageConfig())
     with torch.no_grad():
-        mean, units = sft.loss(forward, batch)
+        result = sft.loss(forward, batch, None)
         out = forward(batch)
-    assert units == sft.count(batch) == label_tokens(batch) == out.num_label_tokens > 0
-    assert torch.equal(mean, out.loss)
-    assert OBJECTIVES.names() == ["sft"]
+    assert sft.name == "sft" and not sft.pairs and not sft.reference
+    assert result.units == sft.count(batch) == label_tokens(batch) == out.num_label_tokens > 0
+    assert torch.equal(result.loss, out.loss) and result.stats == {}
+    assert OBJECTIVES.names() == ["dpo", "sft"]

@@ -117,7 +117,7 @@ def test_a_stage_learns_independent_turns_and_validates_them(tmp_path):
 
 
 def test_a_stage_names_a_known_objective(tmp_path):
-    with pytest.raises(ValueError, match="objective 'dpo-typo'; known: sft"):
+    with pytest.raises(ValueError, match="objective 'dpo-typo'; known: dpo, sft"):
         train(tiny_config(tmp_path, "stages.align.objective=dpo-typo"))
 
 

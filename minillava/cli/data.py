@@ -34,6 +34,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                              "colours and hard edges; shifted: drawn and worded unlike both (a robustness test set)")
     shapes.add_argument("--no-short-answer-suffix", action="store_true",
                         help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
+    shapes.add_argument("--preferences", action="store_true",
+                        help="also write preferences.json: a faithful reply preferred over a hallucinated one "
+                             "(absent objects, wrong colours, wrong counts), for a dpo stage")
     shapes.set_defaults(run=run_synth_shapes)
     fashion = kinds.add_parser("fashion", help="Fashion-MNIST images (Debian's dataset-fashion-mnist) with "
                                "captions and questions")
@@ -73,8 +76,9 @@ def run_synth_shapes(args: argparse.Namespace) -> int:
     from minillava.data.synth import synthesize_shapes
 
     path = synthesize_shapes(args.out, args.n, seed=args.seed, image_size=args.image_size, show_progress=True,
-                             drawing=args.drawing, short_answer_suffix=not args.no_short_answer_suffix)
-    print(f"wrote {path}")
+                             drawing=args.drawing, short_answer_suffix=not args.no_short_answer_suffix,
+                             preferences=args.preferences)
+    print(f"wrote {path}" + (f" and {path.parent / 'preferences.json'}" if args.preferences else ""))
     return 0
 
 

@@ -26,11 +26,14 @@ class Batch:
     # the shared prefix in each block; None when every sample is one causal sequence.
     block_ids: torch.Tensor | None = None  # (B, L)
     position_ids: torch.Tensor | None = None  # (B, L)
+    # Preference batches: rows [0, pairs) are the chosen sides and rows [pairs, 2 * pairs) the rejected ones,
+    # pair i in rows i and pairs + i. 0: not a preference batch.
+    pairs: int = 0
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.pixel_values),
-                     move(self.vision_features), move(self.block_ids), move(self.position_ids))
+                     move(self.vision_features), move(self.block_ids), move(self.position_ids), self.pairs)
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:

@@ -32,6 +32,8 @@ class Conversation:
     images: list[ImageSource] = field(default_factory=list)
     id: str = ""
     template: Template = "chat"
+    # Preference data: the dispreferred alternative to the last turn, an assistant reply (the chosen one).
+    rejected: str | None = None
 
     @property
     def num_placeholders(self) -> int:

@@ -1,4 +1,4 @@
-"""Read data files (LLaVA, LLaVA-Pretrain, ShareGPT) into Conversation, one record at a time."""
+"""Read data files (LLaVA, LLaVA-Pretrain, ShareGPT, preference pairs) into Conversation, one record at a time."""
 
 from __future__ import annotations
 
@@ -86,12 +86,15 @@ _READERS: dict[str, Callable[[str, Path], list[Any]]] = {".json": _read_json, ".
 
 
 def detect_format(record: Any) -> str:
-    """The format of one record: `messages` -> "sharegpt", `conversations` -> "llava".
+    """The format of one record: `chosen` or `rejected` -> "preference", `messages` -> "sharegpt",
+    `conversations` -> "llava".
 
     "llava-pretrain" is never guessed: it changes what is learned, so it must be asked for.
     """
     if not isinstance(record, dict):
         raise SampleError(f"record is not a JSON object (got {_kind(record)})")
+    if "chosen" in record or "rejected" in record:
+        return "preference"
     has_messages, has_conversations = "messages" in record, "conversations" in record
     if has_messages and has_conversations:
         raise SampleError("record has both 'messages' and 'conversations'; pass the format explicitly")
@@ -234,6 +237,64 @@ def parse_sharegpt(record: dict[str, Any]) -> Conversation:
             raise SampleError(f"'system' must be a string, got {_kind(system)}")
         turns.insert(0, Turn("system", system))
     return Conversation(turns=turns, images=_image_names(record, "images"))
+
+
+@register_format("preference")
+def parse_preference(record: dict[str, Any]) -> Conversation:
+    """A preference pair: the prompt, then the chosen reply as the last turn and the rejected one beside it.
+
+    The prompt is `prompt` (one user turn; without `<image>` markers, one per listed image is put first, as TRL's
+    vision data leaves them out), or `conversations` / `messages` up to the last user turn (LLaVA's from/value
+    or ShareGPT's role/content). `chosen` and `rejected` are strings or assistant messages (LLaMA-Factory's
+    {"from": "gpt", "value": ...}, a {"role": "assistant", "content": ...}, or a list of one). Images: `image`
+    or `images`.
+    """
+    images = _image_names(record, "images" if "images" in record else "image")
+    if "prompt" in record:
+        prompt = record["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise SampleError(f"'prompt' must be a non-empty string, got {_kind(prompt)}")
+        if images and IMAGE_PLACEHOLDER not in prompt:
+            prompt = f"{IMAGE_PLACEHOLDER}\n" * len(images) + prompt
+        turns = [Turn("user", prompt)]
+    elif "conversations" in record or "messages" in record:
+        key = "conversations" if "conversations" in record else "messages"
+        first = record[key][0] if isinstance(record[key], list) and record[key] else {}
+        llava = isinstance(first, dict) and "from" in first
+        turns = _read_turns(record, key, *(("from", "value", _LLAVA_ROLES) if llava else
+                                           ("role", "content", _SHAREGPT_ROLES)))
+    else:
+        raise SampleError("a preference pair needs a 'prompt' string or the 'conversations' up to the last user turn")
+    if turns[-1].role != "user":
+        raise SampleError(f"the prompt must end with a user turn (it ends with a {turns[-1].role} turn); the "
+                          "replies to prefer between go in 'chosen' and 'rejected'")
+    chosen, rejected = (_preference_reply(record, side) for side in ("chosen", "rejected"))
+    if chosen.strip() == rejected.strip():
+        raise SampleError("'chosen' and 'rejected' are the same reply: there is nothing to prefer")
+    return Conversation(turns=[*turns, Turn("assistant", chosen)], images=images, rejected=rejected)
+
+
+def _preference_reply(record: dict[str, Any], side: str) -> str:
+    """One side of a pair as text, from a string or an assistant message (alone or in a list of one)."""
+    if side not in record:
+        raise SampleError(f"missing {side!r}: a preference pair needs both a chosen and a rejected reply")
+    value = record[side]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        role = value.get("from", value.get("role"))
+        text = value.get("value", value.get("content"))
+        if role not in ("gpt", "assistant") or not isinstance(text, str):
+            raise SampleError(f"{side!r} must be a string or an assistant message ({{'from': 'gpt', 'value': ...}} "
+                              f"or {{'role': 'assistant', 'content': ...}}), got role {role!r}")
+        value = text
+    if not isinstance(value, str):
+        raise SampleError(f"{side!r} must be a string or an assistant message, got {_kind(value)}")
+    if not value.strip():
+        raise SampleError(f"{side!r} is empty")
+    if IMAGE_PLACEHOLDER in value:
+        raise SampleError(f"{IMAGE_PLACEHOLDER} in {side!r}; images belong in the prompt")
+    return value
 
 
 def _read_turns(record: dict[str, Any], key: str, role_key: str, text_key: str, roles: dict[str, Role]) -> list[Turn]:

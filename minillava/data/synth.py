@@ -532,6 +532,78 @@ def all_questions(scene: Scene, rng: random.Random, per_kind: int = QUESTIONS_PE
     return samples
 
 
+PREFERENCE_KINDS = ("yesno", "caption", "color", "count")
+HALLUCINATIONS = ("absent object", "wrong color", "wrong count")  # how a rejected caption departs from the scene
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    kind: str  # a PREFERENCE_KINDS entry
+    prompt: str
+    chosen: str  # what the scene shows
+    rejected: str  # a hallucination: an object that is not there, a wrong colour, a wrong count
+    hallucination: str = ""  # for captions: which HALLUCINATIONS entry the rejected one has
+
+
+def _hallucinated(scene: Scene, rng: random.Random) -> tuple[str, Scene] | None:
+    """The scene with one departure from the truth, for a caption that names it; None if none applies."""
+    colors = colors_for(scene.background)
+    present = {(s.color, s.shape) for s in scene.shapes}
+    options = []
+    missing = [(c, t) for c in colors for t in SHAPES if (c, t) not in present]
+    if missing and len(scene.shapes) < len(_NUMBER_WORDS):
+        color, shape = rng.choice(missing)
+        extra = replace(rng.choice(scene.shapes), color=color, shape=shape, x=scene.image_size, y=scene.image_size)
+        options.append(("absent object", replace(scene, shapes=scene.shapes + (extra,))))
+    k = rng.randrange(len(scene.shapes))
+    others = [c for c in colors if c != scene.shapes[k].color]
+    if others:
+        shapes = list(scene.shapes)
+        shapes[k] = replace(shapes[k], color=rng.choice(others))
+        options.append(("wrong color", replace(scene, shapes=tuple(shapes))))
+    if len(scene.shapes) < len(_NUMBER_WORDS):
+        options.append(("wrong count", replace(scene, shapes=scene.shapes + (scene.shapes[k],))))
+    options = [(kind, changed) for kind, changed in options if caption(changed) != caption(scene)]
+    return rng.choice(options) if options else None
+
+
+def preference_pairs(scene: Scene, rng: random.Random, suffix: str = "") -> list[PreferencePair]:
+    """Preference pairs from a scene's ground truth, the faithful reply chosen over a hallucinated one.
+
+    yes/no about objects (POPE's question): "yes" over "no" for each object asked about that is there, "no" over
+    "yes" for as many that are not (half of them sharing a colour or a shape with one that is); the caption over a
+    caption with one hallucination (an absent object added, a colour changed, a shape counted twice); a shape's
+    colour over another colour; the number of shapes over one more or one less.
+    """
+    pairs = []
+    yesno = [q for q in all_questions(scene, rng) if q.kind == "yesno"]
+    for q in yesno:
+        wrong = "no" if q.answer == "yes" else "yes"
+        pairs.append(PreferencePair("yesno", q.question + suffix, q.answer, wrong))
+    hallucinated = _hallucinated(scene, rng)
+    if hallucinated is not None:
+        kind, changed = hallucinated
+        pairs.append(PreferencePair("caption", rng.choice(_CAPTION_PROMPTS), caption(scene), caption(changed), kind))
+    shapes_seen = [s.shape for s in scene.shapes]
+    unique = [s for s in scene.shapes if shapes_seen.count(s.shape) == 1]
+    if unique:
+        s = rng.choice(unique)
+        wrong = [c for c in colors_for(scene.background) if c != s.color]
+        question = rng.choice(_asked(scene, "color")).format(shape=s.shape)
+        pairs.append(PreferencePair("color", question + suffix, s.color, rng.choice(wrong)))
+    n = len(scene.shapes)
+    wrong_count = rng.choice([m for m in (n - 1, n + 1) if m >= 1])
+    pairs.append(PreferencePair("count", rng.choice(_asked(scene, "count_all")) + suffix, str(n), str(wrong_count)))
+    return pairs
+
+
+def preference_record(sample_id: str, image: str, pair: PreferencePair) -> dict:
+    """One pair in minillava's preference layout (data format "preference")."""
+    record = {"id": sample_id, "image": image, "prompt": f"<image>\n{pair.prompt}", "chosen": pair.chosen,
+              "rejected": pair.rejected, "kind": pair.kind}
+    return record | ({"hallucination": pair.hallucination} if pair.hallucination else {})
+
+
 # LLaVA-1.5's convention for short-answer questions; evaluation asks with the same words.
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 FREE_FORM_KINDS = ("caption", "description")
@@ -598,7 +670,7 @@ def write_splits(out_dir: Path, records: list[dict], conversations: list[dict],
 
 def synthesize_shapes(
     out_dir: str | Path, n: int, seed: int = 0, image_size: int = 224, show_progress: bool = False,
-    drawing: str = "varied", short_answer_suffix: bool = True,
+    drawing: str = "varied", short_answer_suffix: bool = True, preferences: bool = False,
 ) -> Path:
     """Write n images to out_dir/images/ and their questions to out_dir/shapes.json; returns the JSON path.
 
@@ -607,7 +679,9 @@ def synthesize_shapes(
     radius, drawn colour and rotation). `drawing` names a DRAWINGS entry: "varied" (the default), "plain" (exact
     colours, hard edges, three wordings per question) or "shifted" (a test set drawn and worded differently). The
     same seed gives byte-identical files. `short_answer_suffix=False` leaves LLaVA-1.5's "Answer the question using
-    a single word or phrase." off the short-answer questions (11 of a question's ~26 tokens).
+    a single word or phrase." off the short-answer questions (11 of a question's ~26 tokens). `preferences` also
+    writes out_dir/preferences.json: pairs of a faithful and a hallucinated reply (preference_pairs), for a dpo
+    stage; drawn from a generator of their own, so the other files stay as they are without it.
     """
     suffix = SHORT_ANSWER_SUFFIX if short_answer_suffix else ""
     if drawing not in DRAWINGS:
@@ -622,6 +696,7 @@ def synthesize_shapes(
     conversations: list[dict] = []
     every_question: list[dict] = []
     scenes: list[dict] = []
+    pairs: list[dict] = []
     for index in tqdm(range(n), desc="synthesizing shapes", disable=not show_progress):
         # One generator per image, so image i is the same whatever n is.
         rng = random.Random(f"minillava-shapes:{seed}:{index}")
@@ -642,9 +717,15 @@ def synthesize_shapes(
         turns.sort(key=lambda s: _CONVERSATION_GROUPS.get(s.kind, 2))
         conversations.append(conversation_record(f"{index:06d}-c", image, leak_free_turns(turns), suffix))
         every_question.append(conversation_record(f"{index:06d}-a", image, all_questions(scene, rng), suffix))
+        if preferences:
+            pair_rng = random.Random(f"minillava-shapes-preferences:{seed}:{index}")
+            pairs += [preference_record(f"{index:06d}-p{j}", image, pair)
+                      for j, pair in enumerate(preference_pairs(scene, pair_rng, suffix))]
     (out_dir / "scenes.json").write_text(json.dumps(scenes, indent=1) + "\n", encoding="utf-8")
     json_path = out_dir / "shapes.json"
     json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    if preferences:
+        (out_dir / "preferences.json").write_text(json.dumps(pairs, indent=1) + "\n", encoding="utf-8")
     write_splits(out_dir, records, conversations,
                  lambda path, data: path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8"),
                  every_question)

@@ -39,6 +39,26 @@ class EncodedSample:
     def num_labels(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class EncodedPair:
+    """A preference pair as two sequences with the same prompt; only each side's last reply is labelled."""
+
+    chosen: EncodedSample
+    rejected: EncodedSample
+
+    @property
+    def images(self) -> list[ImageSource]:
+        return self.chosen.images
+
+    @property
+    def length(self) -> int:
+        return max(self.chosen.length, self.rejected.length)
+
 
 class ConversationEncoder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_token_id: int, tokens_per_image: int,
@@ -158,6 +178,34 @@ class ConversationEncoder:
             raise SampleError(f"no turn fits in max_length {self.max_length} tokens after the image prefix",
                               sample_id=where)
         return sample
+
+    def encode_preference(self, conversation: Conversation) -> EncodedPair:
+        """The prompt followed by the chosen reply (the last turn) and, as a second sequence, by the rejected one
+        (`conversation.rejected`). Only the final reply of each is labelled, earlier assistant turns are prompt:
+        a preference objective compares the log-probabilities of the two replies and nothing else."""
+        where = conversation.id
+        if conversation.rejected is None or not conversation.turns or conversation.turns[-1].role != "assistant":
+            raise SampleError("not a preference pair: a preference objective needs 'chosen' and 'rejected' replies "
+                              "(data format 'preference')", sample_id=where)
+        if conversation.template != "chat":
+            raise SampleError("preference pairs are encoded with the chat template only", sample_id=where)
+        prompt = conversation.turns[:-1]
+        prompt_ids, _ = self._encode_chat(prompt, add_generation_prompt=True)
+        sides = []
+        for reply in (conversation.turns[-1].content, conversation.rejected):
+            ids, labels = self._encode_chat([*prompt, Turn("assistant", reply)], False)
+            if ids[: len(prompt_ids)] != prompt_ids:
+                raise TemplateError(f"{where}: the chat template renders the prompt differently before a reply")
+            labels = [IGNORE_INDEX] * len(prompt_ids) + labels[len(prompt_ids):]
+            if self.max_length is not None and len(ids) > self.max_length:
+                raise SampleError(f"the prompt and a reply take {len(ids)} tokens, more than max_length "
+                                  f"{self.max_length} (a cut reply cannot be compared)", sample_id=where)
+            sides.append(EncodedSample(ids, labels, list(conversation.images)))
+        slots = sum(1 for token in prompt_ids if token == self.image_token_id)
+        if slots != len(conversation.images) * self.tokens_per_image:
+            raise SampleError(f"{conversation.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
+                              f"{len(conversation.images)} images", sample_id=where)
+        return EncodedPair(*sides)
 
     def _encode_chat(self, turns: list[Turn], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
         ids: list[int] = []

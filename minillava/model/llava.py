@@ -36,6 +36,10 @@ class ForwardOutput:
     loss: torch.Tensor | None  # mean cross-entropy over labelled positions
     num_label_tokens: int
     logits: torch.Tensor | None = None  # (B, L, V), only when asked for
+    # Per sequence, only when asked for: the summed log-probabilities of its label tokens, (B,) in float32, and
+    # how many there are, (B,): what a preference objective compares.
+    sequence_logps: torch.Tensor | None = None
+    sequence_tokens: torch.Tensor | None = None
 
 
 class ImageSlotError(ValueError):
@@ -174,9 +178,10 @@ class MiniLlava(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 return_logits: bool = False, vision_features: torch.Tensor | None = None,
-                block_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> ForwardOutput:
+                block_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                sequence_logps: bool = False) -> ForwardOutput:
         """`block_ids` and `position_ids` (collate, for samples in attention blocks) replace the causal mask and
-        the running positions."""
+        the running positions. `sequence_logps` adds each row's summed label-token log-probabilities."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeddings = self.embed(input_ids, pixel_values, vision_features)
@@ -194,8 +199,15 @@ class MiniLlava(nn.Module):
         learned = targets != IGNORE_INDEX
         num = int(learned.sum())
         picked = self.logits(hidden[:, :-1][learned])
-        loss = F.cross_entropy(picked.float(), targets[learned], reduction="mean") if num else hidden.sum() * 0
-        return ForwardOutput(loss, num, logits)
+        if not sequence_logps:
+            loss = F.cross_entropy(picked.float(), targets[learned], reduction="mean") if num else hidden.sum() * 0
+            return ForwardOutput(loss, num, logits)
+        token_logps = -F.cross_entropy(picked.float(), targets[learned], reduction="none")
+        rows = learned.nonzero()[:, 0]
+        sums = torch.zeros(len(input_ids), device=hidden.device).index_add(0, rows, token_logps)
+        counts = learned.sum(-1)
+        loss = -token_logps.mean() if num else hidden.sum() * 0
+        return ForwardOutput(loss, num, logits, sums, counts)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.language_model.get_output_embeddings()(hidden)

@@ -17,6 +17,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ATTENTION = ("sdpa", "eager")  # the language model's attention kernel while a stage trains
 PARALLEL = ("ddp", "fsdp")  # how a stage splits over the processes of a torchrun
 TURNS = ("sequential", "independent")  # how a data source's multi-turn conversations are learned
+PREFERENCE_LOSSES = ("sigmoid", "ipo")  # DPO's logistic loss, or IPO's squared one
 LORA_TARGETS = {  # exact names of the linear layers LoRA wraps
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -41,6 +42,18 @@ class Tuning:
 
 
 @dataclass
+class Preference:
+    """The preference objective (`objective: dpo`): how strongly the policy may leave the reference model."""
+
+    beta: float = 0.1  # the KL strength: rewards are beta * (policy - reference) log-probabilities of a reply
+    label_smoothing: float = 0.0  # conservative DPO: the assumed share of pairs whose preference is wrong (< 0.5)
+    loss: str = "sigmoid"  # sigmoid (DPO) or ipo (IPO: squared distance of the per-token margin from 1 / (2 beta))
+    # RPO (Pang et al. 2024): plus this times the chosen replies' per-token cross-entropy, so the policy keeps
+    # learning the preferred answers while it separates them from the rejected ones; 0: plain DPO / IPO.
+    sft_weight: float = 0.0
+
+
+@dataclass
 class DataSource:
     path: str
     format: str = "auto"
@@ -62,6 +75,7 @@ class EvalSource:
     image_root: str | None = None  # default: the file's folder
     limit: int | None = 64  # the first N samples: generation is slow next to a training step
     name: str | None = None  # the metrics key prefix; default: the file's stem and the task
+    post_prompt: str | None = None  # after every question instead of the task's own ("" for none)
 
 
 @dataclass
@@ -72,7 +86,6 @@ class StageConfig:
     evals: list[EvalSource] = field(default_factory=list)
     init_from: str | None = None  # a model folder; default: the previous stage's final/, or a new model
     vision: Tuning = field(default_factory=Tuning)
-    post_prompt: str | None = None  # after every question instead of the task's own ("" for none)
     projector: Tuning = field(default_factory=lambda: Tuning(mode="full"))
     language_model: Tuning = field(default_factory=Tuning)
     epochs: float = 1.0
@@ -84,6 +97,7 @@ class StageConfig:
     warmup_ratio: float = 0.03
     schedule: str = "cosine"  # cosine or constant (after warmup)
     objective: str = "sft"  # what the stage minimises: a train.objectives name (sft: the replies' cross-entropy)
+    preference: Preference = field(default_factory=Preference)  # the dpo objective's settings
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA), fp16 (CUDA, with a grad scaler)
@@ -170,6 +184,12 @@ class TrainConfig:
             for source in stage.data + stage.val_data:
                 if source.turns not in TURNS:
                     raise ValueError(f"{where}: {source.path}: turns {source.turns!r}; choose one of {TURNS}")
+            pref = stage.preference
+            if pref.loss not in PREFERENCE_LOSSES:
+                raise ValueError(f"{where}: preference.loss {pref.loss!r}; choose one of {PREFERENCE_LOSSES}")
+            if pref.beta <= 0 or not 0 <= pref.label_smoothing < 0.5 or pref.sft_weight < 0:
+                raise ValueError(f"{where}: preference.beta must be > 0, label_smoothing in [0, 0.5) and "
+                                 "sft_weight >= 0")
             if stage.schedule not in ("cosine", "constant"):
                 raise ValueError(f"{where}: schedule {stage.schedule!r}; choose cosine or constant")
             if stage.feature_cache and stage.vision.mode != "frozen":

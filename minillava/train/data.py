@@ -16,7 +16,7 @@ from minillava.data.fashion import synthesize_fashion
 from minillava.data.formats import load_conversations
 from minillava.data.images import ImageError
 from minillava.data.synth import synthesize_shapes
-from minillava.data.tokenize import ConversationEncoder, EncodedSample
+from minillava.data.tokenize import ConversationEncoder, EncodedPair, EncodedSample
 from minillava.train.config import DataSource
 
 MAX_EXAMPLES = 20
@@ -57,14 +57,19 @@ def ensure_synthetic(source: DataSource) -> None:
     GENERATORS[kind](Path(source.path).parent, show_progress=True, **options)
     if not Path(source.path).exists():
         raise ValueError(f"{source.path}: the {kind} generator did not write this file (captions.json, "
-                         f"questions.json and conversations.json are what it writes)")
+                         f"questions.json, conversations.json, all-questions.json and, with preferences: true, "
+                         f"preferences.json are what it writes)")
 
 
 class TrainingSet:
-    def __init__(self, sources: Sequence[DataSource], encoder: ConversationEncoder, skips: SkipReport):
+    """`pairs`: the samples are preference pairs (a preference objective), batched chosen sides then rejected."""
+
+    def __init__(self, sources: Sequence[DataSource], encoder: ConversationEncoder, skips: SkipReport,
+                 pairs: bool = False):
         self.sources = list(sources)
         self.skips = skips
-        self.samples: list[EncodedSample] = []
+        self.pairs = pairs
+        self.samples: list[EncodedSample | EncodedPair] = []
         self.unreadable: set[int] = set()  # samples whose images failed once: skipped, counted once
         self.by_source: list[list[int]] = []
         for source in self.sources:
@@ -75,7 +80,8 @@ class TrainingSet:
             indices = []
             for conversation in conversations:
                 try:
-                    sample = encoder.encode(conversation, independent_turns=source.turns == "independent")
+                    sample = (encoder.encode_preference(conversation) if pairs else
+                              encoder.encode(conversation, independent_turns=source.turns == "independent"))
                 except SampleError as error:
                     skips.add(SampleError(error.reason, source=source.path, sample_id=conversation.id), "encoding")
                     continue
@@ -108,7 +114,7 @@ class TrainingSet:
                       group_by_length: bool) -> list[list[int]]:
         order = self.epoch_order(epoch, seed, samples_per_epoch)
         if group_by_length:
-            sampler = LengthGroupedSampler([len(self.samples[i].input_ids) for i in order], batch_size, seed=seed)
+            sampler = LengthGroupedSampler([self.samples[i].length for i in order], batch_size, seed=seed)
             sampler.set_epoch(epoch)
             return [[order[j] for j in batch] for batch in sampler]
         rng = random.Random(f"{seed}:{epoch}:order")
@@ -136,8 +142,11 @@ class TrainingSet:
             kept.append(sample)
         if not kept:
             return None
+        if self.pairs:  # both sides of a pair see the same images, loaded once
+            kept, images = [p.chosen for p in kept] + [p.rejected for p in kept], images + images
         batch = collate([s.input_ids for s in kept], [s.labels for s in kept], pad_token_id, images,
                         blocks=[s.blocks for s in kept])
+        batch.pairs = len(kept) // 2 if self.pairs else 0
         if as_features:
             batch.vision_features, batch.pixel_values = batch.pixel_values, None
         return batch

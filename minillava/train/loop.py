@@ -28,7 +28,7 @@ from minillava.train.data import SkipReport, TrainingSet
 from minillava.train.distributed import SINGLE_PROCESS, World, close_world, init_world
 from minillava.train.features import FeatureCache, weights_digest
 from minillava.train.metrics import MetricsLog, plot_losses
-from minillava.train.objectives import OBJECTIVES
+from minillava.train.objectives import ObjectiveOutput, build_objective
 from minillava.train.schedule import warmup_schedule
 from minillava.train.sharding import clip_gradients, gather_optimizer, gather_trainable, load_trainable, shard
 from minillava.train.tuning import apply_tuning, cast_frozen_language_model, finalize, param_groups, trainable_state
@@ -130,7 +130,7 @@ class StageRun:
         self.index = index
         self.stage: StageConfig = config.stages[index]
         try:
-            self.objective = OBJECTIVES.get(self.stage.objective)
+            self.objective = build_objective(self.stage)
         except KeyError as error:
             raise ValueError(f"stage {self.stage.name!r}: {error.args[0]}") from None
         self.seed = config.seed + index
@@ -169,11 +169,13 @@ class StageRun:
             self.runner = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True, broadcast_buffers=False)
+        self.reference = self._reference_model(previous) if self.objective.reference else None
         groups = param_groups(self.model, stage)  # after sharding, which replaces every parameter by a new tensor
         self.params = [p for g in groups for p in g["params"]]
         self.skips = SkipReport()
-        self.train_set = TrainingSet(stage.data, self.model.encoder, self.skips)
-        self.val_set = TrainingSet(stage.val_data, self.model.encoder, self.skips) if stage.val_data else None
+        pairs = self.objective.pairs
+        self.train_set = TrainingSet(stage.data, self.model.encoder, self.skips, pairs)
+        self.val_set = TrainingSet(stage.val_data, self.model.encoder, self.skips, pairs) if stage.val_data else None
         self.cache = self._feature_cache() if stage.feature_cache else None
         per_epoch = math.ceil((stage.samples_per_epoch or len(self.train_set)) / (stage.batch_size * world.size))
         self.total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch / stage.grad_accum))
@@ -209,6 +211,23 @@ class StageRun:
         spec = self.config.model
         return MiniLlava.from_components(spec.vision, spec.llm, spec.projector, seed=self.seed,
                                          **spec.options())
+
+    def _reference_model(self, previous: Path | None) -> MiniLlava:
+        """The stage's starting model, frozen, for objectives that compare against it (dpo): loaded again from
+        its folder, so nothing the stage trains can reach it."""
+        if self.sharded:
+            raise ValueError(f"stage {self.stage.name!r}: the {self.objective.name} objective runs with ddp or one "
+                             "process, not parallel: fsdp")
+        if not (self.stage.init_from or previous):
+            raise ValueError(f"stage {self.stage.name!r}: the {self.objective.name} objective compares against the "
+                             "stage's starting model: give it init_from or an earlier stage")
+        reference = self._load_model(previous).eval().requires_grad_(False)
+        reference.encoder.max_length = self.model.encoder.max_length
+        set_attention(reference.language_model, self.stage.attention)
+        reference.to(self.device)
+        if self.stage.precision != "fp32":
+            cast_frozen_language_model(reference, precision_dtype(self.stage.precision))
+        return reference
 
     def _restore(self, path: Path) -> None:
         weights, state, meta = load_checkpoint(path)
@@ -335,14 +354,21 @@ class StageRun:
                 return batch
 
     @staticmethod
-    def _call(module: torch.nn.Module, batch: Batch) -> ForwardOutput:
+    def _call(module: torch.nn.Module, batch: Batch, sequence_logps: bool = False) -> ForwardOutput:
         return module(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
                       vision_features=batch.vision_features, block_ids=batch.block_ids,
-                      position_ids=batch.position_ids)
+                      position_ids=batch.position_ids, sequence_logps=sequence_logps)
 
-    def _forward(self, batch: Batch) -> ForwardOutput:
+    def _forward(self, batch: Batch, sequence_logps: bool = False) -> ForwardOutput:
         with self._autocast():
-            return self._call(self.runner, batch)
+            return self._call(self.runner, batch, sequence_logps)
+
+    def _reference_forward(self, batch: Batch, sequence_logps: bool = False) -> ForwardOutput:
+        with self._autocast():
+            return self._call(self.reference, batch, sequence_logps)
+
+    def _objective(self, forward, batch: Batch) -> ObjectiveOutput:
+        return self.objective.loss(forward, batch, self._reference_forward if self.reference is not None else None)
 
     def _autocast(self):
         stage = self.stage
@@ -356,13 +382,13 @@ class StageRun:
         interactive = sys.stderr.isatty()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=stage.name, unit="step",
                    disable=not (interactive and self.world.main), dynamic_ncols=True)
-        window = {"samples": 0, "tokens": 0, "start": time.perf_counter()}
+        window = {"samples": 0, "tokens": 0, "start": time.perf_counter(), "stats": []}
         self.model.train()
         with StopSignal() as stop:
             while self.step < self.total_steps:
                 started = time.perf_counter()
                 try:
-                    loss, grad_norm, samples, tokens = self._train_step()
+                    loss, grad_norm, samples, tokens, stats = self._train_step()
                 except RuntimeError as error:
                     if not _is_out_of_memory(error):
                         raise
@@ -373,6 +399,7 @@ class StageRun:
                 window["tokens"] += tokens
                 if loss is None:
                     continue
+                window["stats"].append(stats)
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
@@ -382,11 +409,14 @@ class StageRun:
                               "lr": self.scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 6),
                               "samples_per_s": round(window["samples"] / elapsed, 3),
                               "tokens_per_s": round(window["tokens"] / elapsed, 1)}
+                    # The objective's statistics (dpo: reward accuracy, margins), averaged over the logged steps.
+                    steps = window["stats"]
+                    record |= {name: round(sum(s[name] for s in steps) / len(steps), 6) for name in stats}
                     self._log(record)
                     if not interactive and self.world.main:
                         log.info("%s step %d/%d loss %.4f lr %.2e %.1f samples/s", stage.name, self.step,
                                  self.total_steps, loss, record["lr"], record["samples_per_s"])
-                    window = {"samples": 0, "tokens": 0, "start": time.perf_counter()}
+                    window = {"samples": 0, "tokens": 0, "start": time.perf_counter(), "stats": []}
                 if stage.eval_every and self.step % stage.eval_every == 0 and self.step < self.total_steps:
                     self._validate()
                     self._run_evals()
@@ -404,9 +434,10 @@ class StageRun:
             self._save()
         return self._finish()
 
-    def _train_step(self) -> tuple[float | None, float, int, int]:
-        """One optimizer step over grad_accum batches (on every rank); the loss is the mean over all their label
-        tokens, so the step does not depend on how the global batch is split into micro-batches and ranks."""
+    def _train_step(self) -> tuple[float | None, float, int, int, dict[str, float]]:
+        """One optimizer step over grad_accum batches (on every rank); the loss is the mean over all their units
+        (label tokens, pairs), so the step does not depend on how the global batch is split into micro-batches
+        and ranks. The objective's statistics come back as means over the same units."""
         stage = self.stage
         self.optimizer.zero_grad(set_to_none=True)
         batches = [self._next_batch() for _ in range(stage.grad_accum)]
@@ -414,6 +445,7 @@ class StageRun:
         counts = [self.objective.count(b) for b in batches]
         total = max(1.0, self.world.sum(sum(counts))[0])
         loss_sum = 0.0
+        stat_sums: dict[str, float] = {}
         for k, (batch, count) in enumerate(zip(batches, counts, strict=True)):
             last = k == len(batches) - 1
             # DDP and FSDP average gradients over ranks; scaling by the world size turns that average into the sum.
@@ -421,14 +453,17 @@ class StageRun:
             accumulate = not last and self.world.distributed and not self.sharded
             sync = self.runner.no_sync() if accumulate else contextlib.nullcontext()
             with sync:
-                mean, _ = self.objective.loss(self._forward, batch)
-                loss = mean * (count * self.world.size / total)
+                out = self._objective(self._forward, batch)
+                loss = out.loss * (count * self.world.size / total)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += float(loss.detach()) / self.world.size
+            for name, value in out.stats.items():
+                stat_sums[name] = stat_sums.get(name, 0.0) + value * count
         samples = sum(len(b.input_ids) for b in batches)
         tokens = sum(int(b.attention_mask.sum()) for b in batches)
-        loss_sum, samples, tokens = self.world.sum(loss_sum, samples, tokens)
+        loss_sum, samples, tokens, *stat_values = self.world.sum(loss_sum, samples, tokens, *stat_sums.values())
         samples, tokens = int(samples), int(tokens)
+        stats = {name: value / total for name, value in zip(stat_sums, stat_values, strict=True)}
         self.samples_seen += samples
         self.tokens_seen += tokens
         if not math.isfinite(loss_sum):
@@ -439,7 +474,7 @@ class StageRun:
                 path = self._save()
                 raise TrainingStopped(f"{self.bad_in_row} non-finite losses in a row at step {self.step}: lower the "
                                       f"learning rate or check the data; checkpoint {path}")
-            return None, 0.0, samples, tokens
+            return None, 0.0, samples, tokens, stats
         self.bad_in_row = 0
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -451,7 +486,7 @@ class StageRun:
             self.optimizer.step()
         self.scheduler.step()
         self.last_loss = loss_sum
-        return loss_sum, norm, samples, tokens
+        return loss_sum, norm, samples, tokens, stats
 
     @torch.no_grad()
     def _validate(self) -> None:
@@ -459,6 +494,7 @@ class StageRun:
             return
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
+        stat_sums: dict[str, float] = {}
         order = self.world.shard(list(range(len(self.val_set))))
         starts = range(0, len(order), self.stage.batch_size)
         # Sharded, every forward pass gathers weights with all ranks: each runs as many as the busiest rank.
@@ -471,14 +507,18 @@ class StageRun:
                     self._idle_forward()
                 continue
             with self._autocast():  # the bare model: no gradient synchronisation to take part in
-                mean, units = self.objective.loss(partial(self._call, self.model), batch)
-            total_loss += float(mean) * units
-            total_tokens += units
+                out = self._objective(partial(self._call, self.model), batch)
+            total_loss += float(out.loss) * out.units
+            total_tokens += out.units
+            for name, value in out.stats.items():
+                stat_sums[name] = stat_sums.get(name, 0.0) + value * out.units
         self.model.train()
-        total_loss, total_tokens = self.world.sum(total_loss, total_tokens)
+        total_loss, total_tokens, *stat_values = self.world.sum(total_loss, total_tokens, *stat_sums.values())
         if total_tokens:
             self.last_val = total_loss / total_tokens
-            self._log({"step": self.step, "val_loss": round(self.last_val, 6)})
+            stats = {f"val_{name}": round(value / total_tokens, 6)
+                     for name, value in zip(stat_sums, stat_values, strict=True)}
+            self._log({"step": self.step, "val_loss": round(self.last_val, 6), **stats})
             if self.world.main:
                 log.info("%s step %d: validation loss %.4f", self.stage.name, self.step, self.last_val)
 

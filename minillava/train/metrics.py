@@ -137,12 +137,38 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
     return out
 
 
+def _draw_rewards(ax, rows: list[dict]) -> None:
+    """A preference stage's reward accuracy (left axis) and reward margin (right axis), train and validation."""
+    lines = []
+    for key, style, axis in (("reward_accuracy", "-", ax), ("val_reward_accuracy", "o", ax)):
+        steps, values = _series(rows, key)
+        if steps:
+            lines += axis.plot(steps, values, style, color="tab:green", label=key.replace("_", " "))
+    margin_ax = ax.twinx()
+    for key, style in (("reward_margin", "-"), ("val_reward_margin", "o")):
+        steps, values = _series(rows, key)
+        if steps:
+            lines += margin_ax.plot(steps, values, style, color="tab:purple", label=key.replace("_", " "))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward accuracy")
+    margin_ax.set_ylabel("reward margin")
+    ax.legend(lines, [line.get_label() for line in lines], loc="best")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("chosen vs rejected rewards")
+
+
 def plot_losses(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
-    """Draw train loss, validation loss and (on a second axis) learning rate against step into a PNG."""
+    """Draw train loss, validation loss and (on a second axis) learning rate against step into a PNG; a
+    preference stage gets a second panel with its reward accuracy and margin."""
+    rows = records(metrics_path)
+    rewards = any("reward_accuracy" in r for r in rows)
     # A bare Figure with the Agg canvas: no display, and no change to the caller's global pyplot backend.
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(14 if rewards else 8, 4.5))
     FigureCanvasAgg(fig)
-    _draw(fig, fig.add_subplot(), records(metrics_path), title or f"Loss ({Path(metrics_path).name})")
+    _draw(fig, fig.add_subplot(1, 2 if rewards else 1, 1), rows, title or f"Loss ({Path(metrics_path).name})")
+    if rewards:
+        _draw_rewards(fig.add_subplot(1, 2, 2), rows)
     return _save(fig, out_png)
 
 
