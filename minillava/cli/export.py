@@ -6,11 +6,12 @@ import argparse
 
 from minillava.cli.model import DTYPES
 
-FORMATS = ("hf-llava",)
+FORMATS = ("hf-llava", "onnx")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    export = commands.add_parser("export", help="write a model in another format (hf-llava: transformers, vLLM)")
+    export = commands.add_parser("export", help="write a model in another format (hf-llava: transformers, vLLM; "
+                                 "onnx: the vision tower + projector for onnxruntime)")
     export.add_argument("--model", required=True,
                         help="a model folder, or a training checkpoint / stage folder (its LoRA is merged first)")
     export.add_argument("--format", choices=FORMATS, default="hf-llava")
@@ -46,6 +47,13 @@ def run_export(args: argparse.Namespace) -> int:
     from minillava.export.merge import load_model
 
     model = load_model(args.model)
+    if args.format == "onnx":
+        from minillava.export.onnx import GRAPH, export_onnx
+
+        report = export_onnx(model, args.out, overwrite=args.overwrite)
+        print(f"wrote {report.folder}/{GRAPH}: pixel_values {report.input_shape} -> image_embeds "
+              f"{report.output_shape}; onnxruntime matches minillava within {report.max_abs_diff:.2g}")
+        return 0
     dtype = DTYPES[args.dtype] if args.dtype else None
     out = export_hf_llava(model, args.out, target=args.target, dtype=dtype, max_shard_size=args.max_shard_size,
                          overwrite=args.overwrite)
