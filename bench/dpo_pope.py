@@ -26,7 +26,6 @@ import torch
 from minillava.demo.data import EvalSet, fashion_ready, held_out_sets
 from minillava.demo.presets import PRESETS
 from minillava.demo.run import evaluate_stage
-from minillava.eval.pope import label, pope_metrics
 from minillava.model import MiniLlava
 from minillava.train.config import PRECISIONS, precision_dtype
 
@@ -38,18 +37,7 @@ MAX_KIND_DROP = 2.0  # points any other kind may lose
 def bench_sets(data: Path, yesno: int, per_kind: int) -> list[EvalSet]:
     """The demo's held-out sets with `yesno` POPE questions each and `per_kind` of every other kind."""
     preset = replace(PRESETS.get("full"), eval_per_kind=max(yesno, per_kind))
-    sets = []
-    for eval_set in held_out_sets(preset, data, fashion_ready()):
-        taken: dict[str, int] = {}
-        by_task: dict[str, list[dict]] = {}
-        for task, samples in eval_set.by_task.items():
-            for sample in samples:
-                kind = sample["kind"]
-                if taken.get(kind, 0) < (yesno if kind == "yesno" else per_kind):
-                    taken[kind] = taken.get(kind, 0) + 1
-                    by_task.setdefault(task, []).append(sample)
-        sets.append(EvalSet(eval_set.name, by_task))
-    return sets
+    return [s.first(per_kind, {"yesno": yesno}) for s in held_out_sets(preset, data, fashion_ready())]
 
 
 def score(folder: str, sets: list[EvalSet], batch_size: int, precision: str) -> dict:
@@ -57,12 +45,7 @@ def score(folder: str, sets: list[EvalSet], batch_size: int, precision: str) -> 
     model = MiniLlava.from_pretrained(folder, dtype=precision_dtype(precision)).eval()
     with torch.inference_mode():
         scored = evaluate_stage(model, sets, batch_size)
-    out = {}
-    for name, result in scored.items():
-        yesno = [p for p in result["predictions"] if p["kind"] == "yesno"]
-        pope = pope_metrics([p["parsed"] for p in yesno], [label(p["answer"]) for p in yesno])
-        out[name] = {"pope": pope, "by_kind": result["by_kind"], "n_by_kind": result["n_by_kind"]}
-    return out
+    return {name: {key: result[key] for key in ("pope", "by_kind", "n_by_kind")} for name, result in scored.items()}
 
 
 def tables(before: dict, after: dict) -> str:

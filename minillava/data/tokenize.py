@@ -122,12 +122,7 @@ class ConversationEncoder:
             ids, labels = self._encode_plain(conversation, add_generation_prompt)
         else:
             ids, labels = self._encode_chat(conversation.turns, add_generation_prompt)
-        num_slots = sum(1 for token in ids if token == self.image_token_id)
-        if num_slots != len(conversation.images) * self.tokens_per_image:
-            raise SampleError(
-                f"{conversation.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
-                f"{len(conversation.images)} images", sample_id=conversation.id
-            )
+        self._check_slots(ids, conversation)
         sample = EncodedSample(ids, labels, list(conversation.images))
         return sample if add_generation_prompt else self._truncate(sample, conversation.id)
 
@@ -159,11 +154,9 @@ class ConversationEncoder:
         encoded = [self._encode_chat(system + [Turn("user", images + q), reply], False)
                    for q, reply in zip(questions, turns[1::2], strict=True)]
         first_ids = encoded[0][0]
+        self._check_slots(first_ids, conversation)
         slots = [i for i, token in enumerate(first_ids) if token == self.image_token_id]
         shared = slots[-1] + 1 if slots else 0
-        if len(slots) != len(conversation.images) * self.tokens_per_image:
-            raise SampleError(f"{conversation.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
-                              f"{len(conversation.images)} images", sample_id=where)
         ids, labels, blocks = first_ids[:shared], encoded[0][1][:shared], [SHARED_BLOCK] * shared
         for k, (block_ids, block_labels) in enumerate(encoded, start=1):
             if block_ids[:shared] != first_ids[:shared]:
@@ -201,11 +194,14 @@ class ConversationEncoder:
                 raise SampleError(f"the prompt and a reply take {len(ids)} tokens, more than max_length "
                                   f"{self.max_length} (a cut reply cannot be compared)", sample_id=where)
             sides.append(EncodedSample(ids, labels, list(conversation.images)))
-        slots = sum(1 for token in prompt_ids if token == self.image_token_id)
-        if slots != len(conversation.images) * self.tokens_per_image:
-            raise SampleError(f"{conversation.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
-                              f"{len(conversation.images)} images", sample_id=where)
+        self._check_slots(prompt_ids, conversation)
         return EncodedPair(*sides)
+
+    def _check_slots(self, ids: list[int], conversation: Conversation) -> None:
+        """Every image of the conversation has its slots in `ids`, no more and no fewer."""
+        if sum(1 for token in ids if token == self.image_token_id) != len(conversation.images) * self.tokens_per_image:
+            raise SampleError(f"{conversation.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
+                              f"{len(conversation.images)} images", sample_id=conversation.id)
 
     def _encode_chat(self, turns: list[Turn], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
         ids: list[int] = []

@@ -47,10 +47,10 @@ class EvalSet:
     def size(self) -> int:
         return sum(len(s) for s in self.by_task.values())
 
-    def first(self, per_kind: int) -> EvalSet:
-        """The first `per_kind` samples of each question kind."""
+    def first(self, per_kind: int, quotas: dict[str, int] | None = None) -> EvalSet:
+        """The first `per_kind` samples of each question kind (`quotas`: other counts for some kinds)."""
         return EvalSet(self.name, _per_kind([s for v in self.by_task.values() for s in v],
-                                            EVAL_KINDS[self.name], per_kind))
+                                            EVAL_KINDS[self.name], per_kind, quotas))
 
 
 def early_sets(preset: Preset, sets: list[EvalSet]) -> list[EvalSet]:
@@ -74,13 +74,14 @@ def demo_recipe(preset: Preset, out: Path, with_fashion: bool) -> TrainConfig:
     return config
 
 
-def _per_kind(samples: list[dict], kinds: dict[str, str], quota: int) -> dict[str, list[dict]]:
-    """The first `quota` samples of each kind, grouped by the task that scores them."""
+def _per_kind(samples: list[dict], kinds: dict[str, str], quota: int,
+              quotas: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """The first `quota` samples of each kind (`quotas[kind]` where given), grouped by the task that scores them."""
     taken: dict[str, int] = defaultdict(int)
     by_task: dict[str, list[dict]] = defaultdict(list)
     for sample in samples:
         kind = sample.get("kind")
-        if kind in kinds and taken[kind] < quota:
+        if kind in kinds and taken[kind] < (quotas or {}).get(kind, quota):
             taken[kind] += 1
             by_task[kinds[kind]].append(sample)
     return dict(by_task)

@@ -54,6 +54,7 @@ def evaluate_stage(model: MiniLlava, sets: list[EvalSet], batch_size: int) -> di
             "by_kind": {kind: sum(v) / len(v) for kind, v in by_kind.items()},
             "n_by_kind": {kind: len(v) for kind, v in by_kind.items()},
             "yes_ratio": metrics.get("pope", {}).get("yes_ratio"),
+            "pope": {k: v for k, v in metrics.get("pope", {}).items() if k not in ("by_kind", "n_by_kind")},
             "predictions": predictions,
         }
     return out

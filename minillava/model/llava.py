@@ -199,15 +199,13 @@ class MiniLlava(nn.Module):
         learned = targets != IGNORE_INDEX
         num = int(learned.sum())
         picked = self.logits(hidden[:, :-1][learned])
-        if not sequence_logps:
-            loss = F.cross_entropy(picked.float(), targets[learned], reduction="mean") if num else hidden.sum() * 0
-            return ForwardOutput(loss, num, logits)
         token_logps = -F.cross_entropy(picked.float(), targets[learned], reduction="none")
+        loss = -token_logps.mean() if num else hidden.sum() * 0
+        if not sequence_logps:
+            return ForwardOutput(loss, num, logits)
         rows = learned.nonzero()[:, 0]
         sums = torch.zeros(len(input_ids), device=hidden.device).index_add(0, rows, token_logps)
-        counts = learned.sum(-1)
-        loss = -token_logps.mean() if num else hidden.sum() * 0
-        return ForwardOutput(loss, num, logits, sums, counts)
+        return ForwardOutput(loss, num, logits, sums, learned.sum(-1))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.language_model.get_output_embeddings()(hidden)
