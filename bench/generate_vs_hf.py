@@ -59,10 +59,10 @@ class PeakMemory:
         return (self.peak - self.base) / 2**20
 
 
-def build(folder: Path, dtype: torch.dtype):
+def clip_b32_model(folder: Path):
+    """A CLIP-B/32-sized random tower (saved under `folder`) + the embedded SmolLM2-135M-Instruct."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from minillava.export import export_hf_llava
     from minillava.model import MiniLlava
 
     tower = folder / "clip-b32"
@@ -73,7 +73,13 @@ def build(folder: Path, dtype: torch.dtype):
         '{"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}, '
         '"crop_size": {"height": 224, "width": 224}, "do_center_crop": true, "resample": 3, '
         '"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}')
-    ours = MiniLlava.from_components(str(tower), "smollm2-135m-instruct", seed=0)
+    return MiniLlava.from_components(str(tower), "smollm2-135m-instruct", seed=0)
+
+
+def build(folder: Path, dtype: torch.dtype):
+    from minillava.export import export_hf_llava
+
+    ours = clip_b32_model(folder)
     export_hf_llava(ours, folder / "hf")
     ours.save_pretrained(folder / "ours")  # for the memory runs in fresh processes
     ours = ours.to(dtype).eval()

@@ -6,12 +6,13 @@ import argparse
 
 from minillava.cli.model import DTYPES
 
-FORMATS = ("hf-llava", "onnx")
+FORMATS = ("hf-llava", "onnx", "gguf")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="write a model in another format (hf-llava: transformers, vLLM; "
-                                 "onnx: the vision tower + projector for onnxruntime)")
+                                 "onnx: the vision tower + projector for onnxruntime; gguf: the language "
+                                 "model + an mmproj file for llama.cpp)")
     export.add_argument("--model", required=True,
                         help="a model folder, or a training checkpoint / stage folder (its LoRA is merged first)")
     export.add_argument("--format", choices=FORMATS, default="hf-llava")
@@ -20,6 +21,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help="vllm also refuses what vLLM cannot load (a DINOv2 tower, a linear projector)")
     export.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="tensor type of the written weights (default: float32)")
+    export.add_argument("--quant", nargs="+", default=["f16"], metavar="QUANT",
+                        help="gguf: one model file per type, from f16 q8_0 q4_k_m (the quantized ones need "
+                             "llama-cpp-python); the mmproj file is always f16")
+    export.add_argument("--no-check", dest="check", action="store_false",
+                        help="gguf: skip loading the files in llama.cpp to compare its tokens and answer with ours")
     export.add_argument("--max-shard-size", default="5GB", help="split the weights into shards above this size")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     export.set_defaults(run=run_export)
@@ -53,6 +59,19 @@ def run_export(args: argparse.Namespace) -> int:
         report = export_onnx(model, args.out, overwrite=args.overwrite)
         print(f"wrote {report.folder}/{GRAPH}: pixel_values {report.input_shape} -> image_embeds "
               f"{report.output_shape}; onnxruntime matches minillava within {report.max_abs_diff:.2g}")
+        return 0
+    if args.format == "gguf":
+        from minillava.export.llamacpp import export_gguf
+
+        report = export_gguf(model, args.out, quants=tuple(args.quant), overwrite=args.overwrite, check=args.check)
+        files = ", ".join(f"{m['file']} ({m['bytes'] / 1e6:.1f} MB)" for m in report.models.values())
+        print(f"wrote {report.folder}: {files} + {report.mmproj} ({report.mmproj_bytes / 1e6:.1f} MB)")
+        if report.checked:
+            agree = ", ".join(f"{q} {'equal' if a['equal'] else 'differs'}" for q, a in report.answers.items()
+                              if q != "minillava")
+            print(f"llama.cpp {report.llama_cpp}: tokenizer equal; greedy answer vs minillava's: {agree}")
+        else:
+            print("not checked in llama.cpp (install llama-cpp-python to check and to quantize)")
         return 0
     dtype = DTYPES[args.dtype] if args.dtype else None
     out = export_hf_llava(model, args.out, target=args.target, dtype=dtype, max_shard_size=args.max_shard_size,
