@@ -22,6 +22,8 @@ _EXPORTS = {
     "SampleError": "minillava.data.conversation",
     "load_image": "minillava.data.images",
     "ImageTransform": "minillava.data.transforms",
+    "ImagePlan": "minillava.data.image_plan",
+    "ImagePlanner": "minillava.data.image_plan",
     "ConversationEncoder": "minillava.data.tokenize",
     "load_conversations": "minillava.data.formats",
     "check_file": "minillava.data.validate",

@@ -2,7 +2,8 @@
 
 Each turn's text is what the tokenizer's own chat template adds for it: the template is rendered for the
 first k and the first k+1 turns and the difference is turn k. Only assistant replies and their end-of-turn
-token are learned; everything else is IGNORE_INDEX. Every `<image>` becomes exactly `tokens_per_image` slots.
+token are learned; everything else is IGNORE_INDEX. Every `<image>` becomes exactly as many slots as its image's
+plan asks for (data/image_plan.py): each marker is one image token while turns are rendered, and is expanded last.
 
 A conversation can also be encoded with independent turns: each question and its reply form an attention block
 of their own over the shared image prefix, as if each question were asked alone (see `encode_independent`).
@@ -11,11 +12,13 @@ of their own over the shared image prefix, as if each question were asked alone 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 
 from transformers import PreTrainedTokenizerBase
 
 from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, SampleError, Turn
+from minillava.data.image_plan import ImagePlan, ImagePlanner, SingleViewPlanner
 
 IGNORE_INDEX = -100
 SHARED_BLOCK = 0  # block id of the tokens every block sees (the template's opening and the image slots)
@@ -34,6 +37,7 @@ class EncodedSample:
     # Attention blocks, one id per token: SHARED_BLOCK for the prefix all see, k >= 1 for the k-th independent
     # turn, which sees the prefix and itself. None: one causal sequence.
     blocks: list[int] | None = None
+    image_plans: list[ImagePlan] = field(default_factory=list)  # one per image: its views and slot count
 
     @property
     def num_labels(self) -> int:
@@ -56,27 +60,32 @@ class EncodedPair:
         return self.chosen.images
 
     @property
+    def image_plans(self) -> list[ImagePlan]:
+        return self.chosen.image_plans
+
+    @property
     def length(self) -> int:
         return max(self.chosen.length, self.rejected.length)
 
 
 class ConversationEncoder:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_token_id: int, tokens_per_image: int,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_token_id: int, planner: ImagePlanner | int,
                  max_length: int | None = None):
+        """`planner` decides each image's slot count; a number is a fixed-size model's count for every image."""
         self.tokenizer = tokenizer
         self.image_token_id = image_token_id
-        self.tokens_per_image = tokens_per_image
+        self.planner = SingleViewPlanner(planner) if isinstance(planner, int) else planner
         self.max_length = max_length
         self.special_ids = set(tokenizer.all_special_ids) - {image_token_id}
         self.end_of_turn_id = self._find_end_of_turn()
 
     # -- pieces -------------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
-        """Text with `<image>` markers -> ids, each marker expanded into the image's slots."""
+        """Text with `<image>` markers -> ids, one image token per marker (`_expand_images` gives it its slots)."""
         ids: list[int] = []
         for i, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
             if i:
-                ids += [self.image_token_id] * self.tokens_per_image
+                ids.append(self.image_token_id)
             if part:
                 ids += self.tokenizer.encode(part, add_special_tokens=False)
         return ids
@@ -118,12 +127,13 @@ class ConversationEncoder:
                independent_turns: bool = False) -> EncodedSample:
         if independent_turns and not add_generation_prompt:
             return self.encode_independent(conversation)
+        plans = self.plan_images(conversation)
         if conversation.template == "plain":
             ids, labels = self._encode_plain(conversation, add_generation_prompt)
         else:
             ids, labels = self._encode_chat(conversation.turns, add_generation_prompt)
-        self._check_slots(ids, conversation)
-        sample = EncodedSample(ids, labels, list(conversation.images))
+        ids, labels = self._expand_images(ids, labels, plans, conversation)
+        sample = EncodedSample(ids, labels, list(conversation.images), image_plans=plans)
         return sample if add_generation_prompt else self._truncate(sample, conversation.id)
 
     def encode_independent(self, conversation: Conversation) -> EncodedSample:
@@ -151,10 +161,11 @@ class ConversationEncoder:
                               "turn (they are the prefix each question sees)", sample_id=where)
         images = lead.group(0) if conversation.images else ""
         questions = [turns[0].content[len(images):]] + [t.content for t in turns[2::2]]
-        encoded = [self._encode_chat(system + [Turn("user", images + q), reply], False)
+        plans = self.plan_images(conversation)
+        encoded = [self._expand_images(*self._encode_chat(system + [Turn("user", images + q), reply], False),
+                                       plans, conversation)
                    for q, reply in zip(questions, turns[1::2], strict=True)]
         first_ids = encoded[0][0]
-        self._check_slots(first_ids, conversation)
         slots = [i for i, token in enumerate(first_ids) if token == self.image_token_id]
         shared = slots[-1] + 1 if slots else 0
         ids, labels, blocks = first_ids[:shared], encoded[0][1][:shared], [SHARED_BLOCK] * shared
@@ -166,7 +177,7 @@ class ConversationEncoder:
             ids += block_ids[shared:]
             labels += block_labels[shared:]
             blocks += [k] * (len(block_ids) - shared)
-        sample = EncodedSample(ids, labels, list(conversation.images), blocks)
+        sample = EncodedSample(ids, labels, list(conversation.images), blocks, plans)
         if sample.num_labels == 0:
             raise SampleError(f"no turn fits in max_length {self.max_length} tokens after the image prefix",
                               sample_id=where)
@@ -183,25 +194,40 @@ class ConversationEncoder:
         if conversation.template != "chat":
             raise SampleError("preference pairs are encoded with the chat template only", sample_id=where)
         prompt = conversation.turns[:-1]
-        prompt_ids, _ = self._encode_chat(prompt, add_generation_prompt=True)
+        plans = self.plan_images(conversation)
+        prompt_ids, _ = self._expand_images(*self._encode_chat(prompt, add_generation_prompt=True), plans,
+                                            conversation)
         sides = []
         for reply in (conversation.turns[-1].content, conversation.rejected):
-            ids, labels = self._encode_chat([*prompt, Turn("assistant", reply)], False)
+            ids, labels = self._expand_images(*self._encode_chat([*prompt, Turn("assistant", reply)], False), plans,
+                                              conversation)
             if ids[: len(prompt_ids)] != prompt_ids:
                 raise TemplateError(f"{where}: the chat template renders the prompt differently before a reply")
             labels = [IGNORE_INDEX] * len(prompt_ids) + labels[len(prompt_ids):]
             if self.max_length is not None and len(ids) > self.max_length:
                 raise SampleError(f"the prompt and a reply take {len(ids)} tokens, more than max_length "
                                   f"{self.max_length} (a cut reply cannot be compared)", sample_id=where)
-            sides.append(EncodedSample(ids, labels, list(conversation.images)))
-        self._check_slots(prompt_ids, conversation)
+            sides.append(EncodedSample(ids, labels, list(conversation.images), image_plans=plans))
         return EncodedPair(*sides)
 
-    def _check_slots(self, ids: list[int], conversation: Conversation) -> None:
-        """Every image of the conversation has its slots in `ids`, no more and no fewer."""
-        if sum(1 for token in ids if token == self.image_token_id) != len(conversation.images) * self.tokens_per_image:
+    def plan_images(self, conversation: Conversation) -> list[ImagePlan]:
+        return [self.planner.plan(image) for image in conversation.images]
+
+    def _expand_images(self, ids: list[int], labels: list[int], plans: list[ImagePlan],
+                       conversation: Conversation) -> tuple[list[int], list[int]]:
+        """Each image token (one per marker, in order) -> its image's slots; one marker per image, or an error."""
+        marks = [i for i, token in enumerate(ids) if token == self.image_token_id]
+        if len(marks) != len(plans):
             raise SampleError(f"{conversation.num_placeholders} {IMAGE_PLACEHOLDER} placeholders but "
                               f"{len(conversation.images)} images", sample_id=conversation.id)
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        start = 0
+        for at, plan in zip(marks, plans, strict=True):
+            out_ids += ids[start:at] + [self.image_token_id] * plan.tokens
+            out_labels += labels[start:at] + [labels[at]] * plan.tokens
+            start = at + 1
+        return out_ids + ids[start:], out_labels + labels[start:]
 
     def _encode_chat(self, turns: list[Turn], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
         ids: list[int] = []
@@ -230,12 +256,13 @@ class ConversationEncoder:
 
     def _encode_plain(self, conversation: Conversation, add_generation_prompt: bool = False
                       ) -> tuple[list[int], list[int]]:
-        """LLaVA-Pretrain: the image slots, then the caption and eos, which are learned.
+        """LLaVA-Pretrain: the images (one image token each, expanded later), then the caption and eos, which
+        are learned.
 
         As a generation prompt it is the image slots alone: the model writes the caption.
         """
         replies = [t.content for t in conversation.turns if t.role == "assistant"]
-        slots = [self.image_token_id] * (self.tokens_per_image * len(conversation.images))
+        slots = [self.image_token_id] * len(conversation.images)
         if add_generation_prompt:
             return slots, [IGNORE_INDEX] * len(slots)
         caption = self.tokenizer.encode(" ".join(replies).strip(), add_special_tokens=False)
@@ -250,8 +277,10 @@ class ConversationEncoder:
         # Never cut inside an image's slots: step back to where that image starts.
         while cut > 0 and ids[cut - 1] == self.image_token_id and ids[cut] == self.image_token_id:
             cut -= 1
-        kept_images = sum(1 for token in ids[:cut] if token == self.image_token_id) // self.tokens_per_image
-        truncated = EncodedSample(ids[:cut], sample.labels[:cut], sample.images[:kept_images])
+        kept_slots = sum(1 for token in ids[:cut] if token == self.image_token_id)
+        kept_images = sum(1 for slots in accumulate(p.tokens for p in sample.image_plans) if slots <= kept_slots)
+        truncated = EncodedSample(ids[:cut], sample.labels[:cut], sample.images[:kept_images],
+                                  image_plans=sample.image_plans[:kept_images])
         if truncated.num_labels == 0:
             raise SampleError(f"no assistant reply left after truncation to {self.max_length} tokens "
                               "(raise max_length or shorten the sample)", sample_id=sample_id)
