@@ -1,4 +1,4 @@
-"""Image plans: each image's own slot count flows through tokenization."""
+"""Image plans: each image's own slot count flows through tokenization, collate and the forward."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ from dataclasses import dataclass
 from itertools import groupby
 
 import pytest
+import torch
 from PIL import Image
 
+from minillava.data.collate import collate
 from minillava.data.conversation import Conversation, Turn
 from minillava.data.image_plan import ImagePlan, SingleViewPlanner
 from minillava.data.tokenize import ConversationEncoder
+from minillava.model import GenerationConfig, ImageSlotError, MiniLlava, build_prompt
 from minillava.model.language import load_tokenizer
 
 
@@ -27,6 +30,20 @@ class NamedPlanner:
         return [image]
 
 
+@dataclass(frozen=True)
+class MirroredWide:
+    """Test-only: a wide image is seen twice (as is, then mirrored), so it takes two views' slots."""
+
+    tokens_per_view: int
+
+    def plan(self, image: Image.Image) -> ImagePlan:
+        views = 2 if image.width > image.height else 1
+        return ImagePlan(views=views, tokens=views * self.tokens_per_view)
+
+    def views(self, image: Image.Image, plan: ImagePlan) -> list[Image.Image]:
+        return [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)][: plan.views]
+
+
 def slot_runs(ids: list[int], image_token_id: int) -> list[int]:
     return [len(list(run)) for token, run in groupby(ids) if token == image_token_id]
 
@@ -41,6 +58,13 @@ def encoder(tiny_llms) -> ConversationEncoder:
     tokenizer = load_tokenizer(tiny_llms["llama"], "<image>")
     return ConversationEncoder(tokenizer, tokenizer.convert_tokens_to_ids("<image>"),
                                NamedPlanner({"a.png": 3, "b.png": 7}))
+
+
+@pytest.fixture()
+def model(tiny_towers, tiny_llms) -> MiniLlava:
+    model = MiniLlava.from_components(tiny_towers["clip"], tiny_llms["llama"])
+    model.encoder.planner = MirroredWide(model.tokens_per_image)
+    return model
 
 
 def test_a_number_is_the_single_view_planner(encoder):
@@ -83,3 +107,48 @@ def test_truncation_keeps_the_plans_of_the_images_it_keeps(encoder):
         encoder.max_length = None
     assert cut.images == ["a.png"] and cut.image_plans == [ImagePlan(1, 3)]
     assert slot_runs(cut.input_ids, encoder.image_token_id) == [3] and len(cut.input_ids) == second
+
+
+def test_collate_lists_every_image_plan_in_slot_order():
+    plans = [[ImagePlan(1, 3), ImagePlan(2, 8)], [], [ImagePlan(1, 4)]]
+    batch = collate([[1], [2], [3]], None, 0, [None, None, None], image_plans=plans)
+    assert batch.image_plans == [ImagePlan(1, 3), ImagePlan(2, 8), ImagePlan(1, 4)]
+    assert batch.to("cpu").image_plans == batch.image_plans
+    assert collate([[1]], None, 0, [None]).image_plans is None
+
+
+def test_two_counts_in_one_batch_fill_their_slots_in_order(model, images):
+    wide, tall = images[0], images[1]
+    t = model.tokens_per_image
+    batch = model.prepare([qa([tall, wide]), qa([wide], "And this?")])
+    assert batch.image_plans == [ImagePlan(1, t), ImagePlan(2, 2 * t), ImagePlan(2, 2 * t)]
+    assert batch.pixel_values.shape[0] == 5  # 1 + 2 views in the first sample, 2 in the second
+    transform = model.vision.transform
+    mirrored = wide.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    torch.testing.assert_close(batch.pixel_values[3:], transform([wide, mirrored]))
+    assert slot_runs(batch.input_ids[0].tolist(), model.image_token_id) == [t, 2 * t]
+    with torch.no_grad():
+        embeddings = model.embed(batch.input_ids, batch.pixel_values, image_plans=batch.image_plans)
+        features = model.encode_images(batch.pixel_values)
+        slots = batch.input_ids == model.image_token_id
+        torch.testing.assert_close(embeddings[0, slots[0]], features[:3].reshape(-1, features.shape[-1]))
+        torch.testing.assert_close(embeddings[1, slots[1]], features[3:].reshape(-1, features.shape[-1]))
+        out = model(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
+                    image_plans=batch.image_plans)
+    assert torch.isfinite(out.loss) and out.num_label_tokens > 0
+    generated = model.generate([build_prompt("What is it?", [wide])], GenerationConfig(max_new_tokens=2))
+    assert generated[0].prompt_tokens > 2 * t and len(generated[0].token_ids) <= 2
+
+
+def test_plans_that_disagree_with_the_batch_are_errors(model, images):
+    t = model.tokens_per_image
+    batch = model.prepare([qa([images[1], images[0]])])  # 3t slots, 3 views
+    pixels = batch.pixel_values
+    with pytest.raises(ImageSlotError, match=rf"{3 * t} image slots .* 2 images of {t}, {t + 1} tokens = {2 * t + 1}"):
+        model.embed(batch.input_ids, pixels[:2], image_plans=[ImagePlan(1, t), ImagePlan(1, t + 1)])
+    with pytest.raises(ImageSlotError, match="plans take 3 views but the batch holds 2"):
+        model.embed(batch.input_ids, pixels[:2], image_plans=batch.image_plans)
+    with pytest.raises(ImageSlotError, match=rf"image 1 .* fills {2 * t} slots but its 1 view\(s\) encode to {t}"):
+        model.embed(batch.input_ids, pixels[:2], image_plans=[ImagePlan(1, t), ImagePlan(1, 2 * t)])
+    with pytest.raises(ImageSlotError, match=rf"{3 * t} image slots .* 2 images x {t} tokens per image"):
+        model.embed(batch.input_ids, pixels[:2])  # no plans: every view is an image of the fixed size

@@ -126,7 +126,8 @@ class LmmsMethods:
             return 0.0, True
         ids = torch.cat([batch.input_ids, target], dim=1).to(model.device)
         pixels = None if batch.pixel_values is None else batch.pixel_values.to(model.device)
-        logits = model(ids, torch.ones_like(ids), None, pixels, return_logits=True).logits
+        logits = model(ids, torch.ones_like(ids), None, pixels, return_logits=True,
+                       image_plans=batch.image_plans).logits
         start = batch.input_ids.shape[1]
         predicted = logits[0, start - 1 : -1].float().log_softmax(-1)
         target = target[0].to(predicted.device)

@@ -2,7 +2,8 @@
 
 from minillava.model.config import MiniLlavaConfig, VisionConfig
 from minillava.model.generation import Generation, GenerationRun, build_prompt
-from minillava.model.llava import ForwardOutput, ImageSlotError, MiniLlava
+from minillava.model.image_slots import ImageSlotError
+from minillava.model.llava import ForwardOutput, MiniLlava
 from minillava.model.sampling import GenerationConfig
 
 __all__ = [

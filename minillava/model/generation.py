@@ -109,7 +109,7 @@ class GenerationRun:
         if config.seed is not None:
             generator = torch.Generator(device=model.device).manual_seed(config.seed)
         ids, mask = self.batch.input_ids, self.batch.attention_mask
-        embeds = model.embed(ids, self.batch.pixel_values)
+        embeds = model.embed(ids, self.batch.pixel_values, image_plans=self.batch.image_plans)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         vocab = lm.get_output_embeddings().weight.shape[0]
         seen = torch.zeros(len(ids), vocab, dtype=torch.bool, device=ids.device)

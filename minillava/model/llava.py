@@ -14,12 +14,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from minillava.data.collate import Batch, collate
 from minillava.data.conversation import Conversation, ImageSource
+from minillava.data.image_plan import ImagePlan, ImagePlanner, SingleViewPlanner
 from minillava.data.images import load_images
 from minillava.data.tokenize import IGNORE_INDEX, ConversationEncoder
 from minillava.model.blocks import block_attention_mask
 from minillava.model.config import MiniLlavaConfig
 from minillava.model.cpu_linear import use_onednn_linears
 from minillava.model.generation import Generation, GenerationRun, build_prompt, generate, stream
+from minillava.model.image_slots import check_image_slots
 from minillava.model.language import load_language_model, load_tokenizer, resolve_llm
 from minillava.model.projectors import Projector, build_projector
 from minillava.model.sampling import GenerationConfig
@@ -42,10 +44,6 @@ class ForwardOutput:
     sequence_tokens: torch.Tensor | None = None
 
 
-class ImageSlotError(ValueError):
-    """The number of `<image>` slots in the token ids differs from the number of image features."""
-
-
 class MiniLlava(nn.Module):
     def __init__(self, config: MiniLlavaConfig, vision: VisionEncoder, projector: Projector,
                  language_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
@@ -57,8 +55,9 @@ class MiniLlava(nn.Module):
         self.tokenizer = tokenizer
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
         config.image_token_id = self.image_token_id
+        # The slots one view of an image fills: a fixed-size model's count per image.
         self.tokens_per_image = projector.num_tokens(vision.num_tokens)
-        self.encoder = ConversationEncoder(tokenizer, self.image_token_id, self.tokens_per_image,
+        self.encoder = ConversationEncoder(tokenizer, self.image_token_id, SingleViewPlanner(self.tokens_per_image),
                                            config.max_length)
         use_onednn_linears(self)  # faster float32 inference on CPU; training and other dtypes unchanged
 
@@ -133,44 +132,61 @@ class MiniLlava(nn.Module):
         return next(self.projector.parameters()).dtype
 
     # -- inputs -------------------------------------------------------------------------------------------
+    @property
+    def image_planner(self) -> ImagePlanner:
+        """How each image becomes views and slots: the encoder's, so that token ids and pixels always agree."""
+        return self.encoder.planner
+
     def prepare(self, conversations: Sequence[Conversation], add_generation_prompt: bool = False,
                 left_pad: bool = False) -> Batch:
         """Tokenize conversations and load + preprocess their images into one padded batch."""
         samples = [self.encoder.encode(c, add_generation_prompt=add_generation_prompt) for c in conversations]
-        pixels = [self.pixel_values(s.images) if s.images else None for s in samples]
+        pixels = [self.pixel_values(s.images, s.image_plans) if s.images else None for s in samples]
         labels = None if add_generation_prompt else [s.labels for s in samples]
-        return collate([s.input_ids for s in samples], labels, self.tokenizer.pad_token_id, pixels, left_pad)
+        return collate([s.input_ids for s in samples], labels, self.tokenizer.pad_token_id, pixels, left_pad,
+                       image_plans=[s.image_plans for s in samples])
 
-    def pixel_values(self, images: Sequence) -> torch.Tensor:
+    def pixel_values(self, images: Sequence, plans: Sequence[ImagePlan] | None = None) -> torch.Tensor:
+        """Every image's views as the plan makes them, sized by the transform: (total views, 3, H, W), image after
+        image; `plans` default to the planner's plans of `images`."""
         transform = self.vision.transform
+        if plans is None:
+            plans = [self.image_planner.plan(image) for image in images]
         # Large JPEGs decode at a reduced scale that still covers the target size.
-        return transform(load_images(images, background=transform.background, min_side=max(transform.size)))
+        loaded = load_images(images, background=transform.background, min_side=max(transform.size))
+        views = []
+        for image, plan in zip(loaded, plans, strict=True):
+            made = self.image_planner.views(image, plan)
+            if len(made) != plan.views:
+                raise ValueError(f"the image planner made {len(made)} views of an image it planned {plan.views} for")
+            views += made
+        return transform(views)
 
     # -- forward ------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(n_images, 3, H, W) -> (n_images, tokens_per_image, LM width)."""
+        """(n_views, 3, H, W) -> (n_views, tokens_per_image, LM width)."""
         return self.project(self.vision(pixel_values.to(self.device)))
 
     def project(self, vision_features: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs (n_images, encoder tokens, encoder width) -> (n_images, tokens_per_image, LM width)."""
+        """Encoder outputs (n_views, encoder tokens, encoder width) -> (n_views, tokens_per_image, LM width)."""
         return self.projector(vision_features.to(self.device, self.dtype))
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-              vision_features: torch.Tensor | None = None) -> torch.Tensor:
+              vision_features: torch.Tensor | None = None,
+              image_plans: Sequence[ImagePlan] | None = None) -> torch.Tensor:
         """Token embeddings with image features in the `<image>` slots; images come as pixels or, when the
-        encoder is frozen and its outputs were cached, as `vision_features`."""
+        encoder is frozen and its outputs were cached, as `vision_features`, each image as its plan's views
+        (`image_plans`, in slot order; None: every view is one image of the fixed size)."""
         slots = input_ids == self.image_token_id
         embeddings = self.language_model.get_input_embeddings()(input_ids.masked_fill(slots, 0))
-        num_slots = int(slots.sum())
-        images = vision_features if vision_features is not None else pixel_values
-        num_images = 0 if images is None else len(images)
-        if num_slots != num_images * self.tokens_per_image:
-            raise ImageSlotError(
-                f"{num_slots} image slots in the token ids but {num_images} images x "
-                f"{self.tokens_per_image} tokens per image = {num_images * self.tokens_per_image} features"
-            )
-        if num_images:
-            features = self.project(vision_features) if vision_features is not None else self.encode_images(images)
+        views = vision_features if vision_features is not None else pixel_values
+        num_views = 0 if views is None else len(views)
+        if image_plans is None:
+            image_plans = [ImagePlan(views=1, tokens=self.tokens_per_image)] * num_views
+        check_image_slots(int(slots.sum()), image_plans, num_views, self.tokens_per_image)
+        if num_views:
+            features = self.project(vision_features) if vision_features is not None else self.encode_images(views)
+            # An image's views and its slots are both consecutive, image after image: one assignment fills all.
             embeddings = embeddings.clone()
             embeddings[slots] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
         return embeddings
@@ -179,12 +195,13 @@ class MiniLlava(nn.Module):
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 return_logits: bool = False, vision_features: torch.Tensor | None = None,
                 block_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                sequence_logps: bool = False) -> ForwardOutput:
+                sequence_logps: bool = False, image_plans: Sequence[ImagePlan] | None = None) -> ForwardOutput:
         """`block_ids` and `position_ids` (collate, for samples in attention blocks) replace the causal mask and
-        the running positions. `sequence_logps` adds each row's summed label-token log-probabilities."""
+        the running positions. `sequence_logps` adds each row's summed label-token log-probabilities.
+        `image_plans`: the batch's (see `embed`)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        embeddings = self.embed(input_ids, pixel_values, vision_features)
+        embeddings = self.embed(input_ids, pixel_values, vision_features, image_plans)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0) if position_ids is None else position_ids
         mask = attention_mask if block_ids is None else block_attention_mask(
             block_ids, self.language_model.config._attn_implementation, embeddings.dtype)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from minillava.data.collate import collate
+from minillava.data.image_plan import ImagePlan
 from minillava.model.generation import GenerationRun
 from minillava.model.sampling import GenerationConfig
 
@@ -51,11 +52,12 @@ class Job:
     """One request's prompt, ready for the model, and where its events go."""
 
     input_ids: list[int]
-    pixel_values: torch.Tensor | None  # (images, 3, H, W) or None
+    pixel_values: torch.Tensor | None  # (views of its images, 3, H, W) or None
     config: GenerationConfig  # its max_new_tokens is this request's own limit
     key: Hashable  # jobs with equal keys may share a batch
     deliver: Callable[[Event], None]  # called from the worker thread
     cancelled: threading.Event = field(default_factory=threading.Event)
+    image_plans: list[ImagePlan] | None = None  # one per image; None: each view is one image of the fixed size
 
     @property
     def prompt_tokens(self) -> int:
@@ -201,8 +203,9 @@ class Batcher:
     def _run(self, jobs: list[Job]) -> None:
         open_rows = set(range(len(jobs)))
         try:
+            plans = None if any(j.image_plans is None for j in jobs) else [j.image_plans for j in jobs]
             batch = collate([j.input_ids for j in jobs], None, self.model.tokenizer.pad_token_id,
-                            [j.pixel_values for j in jobs], left_pad=True)
+                            [j.pixel_values for j in jobs], left_pad=True, image_plans=plans)
             config = replace(jobs[0].config, max_new_tokens=max(j.config.max_new_tokens for j in jobs))
             run = GenerationRun(self.model, batch, config)
             self.stats["batches"] += 1

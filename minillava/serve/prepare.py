@@ -10,6 +10,7 @@ import jinja2
 import torch
 
 from minillava.data.conversation import SampleError
+from minillava.data.image_plan import ImagePlan
 from minillava.data.images import ImageError
 from minillava.data.tokenize import TemplateError
 from minillava.serve.batcher import Event, Job
@@ -54,9 +55,10 @@ class JobBuilder:
                 raise bad_request(f"the messages cannot be rendered with the model's chat template: {err}",
                                   "invalid_messages", "messages") from None
         max_new_tokens = self._max_new_tokens(request, len(sample.input_ids))
-        pixels = self._pixel_values(sample.images, params)
+        pixels = self._pixel_values(sample.images, sample.image_plans, params)
         generation = replace(generation, max_new_tokens=max_new_tokens)
-        return Job(sample.input_ids, pixels, generation, batch_key(generation, object()), deliver)
+        return Job(sample.input_ids, pixels, generation, batch_key(generation, object()), deliver,
+                   image_plans=sample.image_plans)
 
     def _max_new_tokens(self, request: ChatCompletionRequest, prompt_tokens: int) -> int:
         room = self.max_model_len - prompt_tokens
@@ -71,13 +73,13 @@ class JobBuilder:
                               "context_length_exceeded", param)
         return asked or min(self.config.default_max_tokens, room)
 
-    def _pixel_values(self, images: list, params: list[str]) -> torch.Tensor | None:
+    def _pixel_values(self, images: list, plans: list[ImagePlan], params: list[str]) -> torch.Tensor | None:
         if not images:
             return None
         tensors = []
-        for image, param in zip(images, params, strict=True):
+        for image, plan, param in zip(images, plans, params, strict=True):
             try:
-                tensors.append(self.model.pixel_values([image]))
+                tensors.append(self.model.pixel_values([image], [plan]))
             except ImageError as err:
                 raise bad_request(f"{param}: {err}", "invalid_image", param) from None
         return torch.cat(tensors)

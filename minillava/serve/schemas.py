@@ -68,7 +68,7 @@ FinishReason = Literal["stop", "length"]
 
 
 class Usage(BaseModel):
-    prompt_tokens: int  # image slots count as the model sees them: tokens_per_image each
+    prompt_tokens: int  # image slots count as the model sees them: each image's planned slots
     completion_tokens: int
     total_tokens: int
 

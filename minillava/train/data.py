@@ -14,6 +14,7 @@ from minillava.data.collate import Batch, LengthGroupedSampler, collate
 from minillava.data.conversation import SampleError
 from minillava.data.fashion import synthesize_fashion
 from minillava.data.formats import load_conversations
+from minillava.data.image_plan import ImagePlan
 from minillava.data.images import ImageError
 from minillava.data.synth import synthesize_shapes
 from minillava.data.tokenize import ConversationEncoder, EncodedPair, EncodedSample
@@ -124,6 +125,9 @@ class TrainingSet:
     def images(self) -> list:
         return [image for sample in self.samples for image in sample.images]
 
+    def image_plans(self) -> list[ImagePlan]:
+        return [plan for sample in self.samples for plan in sample.image_plans]
+
     def make_batch(self, indices: Sequence[int], load: Callable[[list], torch.Tensor], pad_token_id: int,
                    as_features: bool = False) -> Batch | None:
         """Load a batch's images (pixels, or encoder features when `as_features`); a sample whose image fails
@@ -145,7 +149,7 @@ class TrainingSet:
         if self.pairs:  # both sides of a pair see the same images, loaded once
             kept, images = [p.chosen for p in kept] + [p.rejected for p in kept], images + images
         batch = collate([s.input_ids for s in kept], [s.labels for s in kept], pad_token_id, images,
-                        blocks=[s.blocks for s in kept])
+                        blocks=[s.blocks for s in kept], image_plans=[s.image_plans for s in kept])
         batch.pairs = len(kept) // 2 if self.pairs else 0
         if as_features:
             batch.vision_features, batch.pixel_values = batch.pixel_values, None

@@ -316,6 +316,10 @@ class StageRun:
         fingerprint = {"vision": self.model.config.to_dict()["vision"], "transform": vision.transform.to_dict(),
                        "class": type(vision).__name__, "weights": weights_digest(vision)}
         images = self.train_set.images() + (self.val_set.images() if self.val_set else [])
+        plans = self.train_set.image_plans() + (self.val_set.image_plans() if self.val_set else [])
+        if any(plan.views != 1 for plan in plans):  # a cache row is one image's one view
+            raise ValueError(f"stage {self.stage.name!r}: the feature cache holds one view per image, and the image "
+                             "planner makes several for some images; set feature_cache: false")
         earlier = [self.dir.parent / stage.name / "feature-cache" for stage in self.config.stages[:self.index]]
         make = lambda writer: FeatureCache(self.dir / "feature-cache", images, fingerprint,  # noqa: E731
                                            (vision.num_tokens, vision.hidden_size), self.stage.feature_cache_dtype,
@@ -357,7 +361,7 @@ class StageRun:
     def _call(module: torch.nn.Module, batch: Batch, sequence_logps: bool = False) -> ForwardOutput:
         return module(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
                       vision_features=batch.vision_features, block_ids=batch.block_ids,
-                      position_ids=batch.position_ids, sequence_logps=sequence_logps)
+                      position_ids=batch.position_ids, sequence_logps=sequence_logps, image_plans=batch.image_plans)
 
     def _forward(self, batch: Batch, sequence_logps: bool = False) -> ForwardOutput:
         with self._autocast():
