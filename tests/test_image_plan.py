@@ -8,6 +8,7 @@ from itertools import groupby
 import pytest
 import torch
 from PIL import Image
+from test_train import tiny_config
 
 from minillava.data.collate import collate
 from minillava.data.conversation import Conversation, Turn
@@ -15,6 +16,7 @@ from minillava.data.image_plan import ImagePlan, SingleViewPlanner
 from minillava.data.tokenize import ConversationEncoder
 from minillava.model import GenerationConfig, ImageSlotError, MiniLlava, build_prompt
 from minillava.model.language import load_tokenizer
+from minillava.train.loop import train
 
 
 @dataclass(frozen=True)
@@ -152,3 +154,12 @@ def test_plans_that_disagree_with_the_batch_are_errors(model, images):
         model.embed(batch.input_ids, pixels[:2], image_plans=[ImagePlan(1, t), ImagePlan(1, 2 * t)])
     with pytest.raises(ImageSlotError, match=rf"{3 * t} image slots .* 2 images x {t} tokens per image"):
         model.embed(batch.input_ids, pixels[:2])  # no plans: every view is an image of the fixed size
+
+
+def test_the_feature_cache_refuses_plans_of_several_views(tmp_path, monkeypatch):
+    # every image seen twice: a cache row holds one view, so the stage must say so before training
+    monkeypatch.setattr(SingleViewPlanner, "plan", lambda self, image: ImagePlan(views=2, tokens=2 * self.tokens))
+    config = tiny_config(tmp_path, "stages.align.feature_cache=true")
+    config.stages = config.stages[:1]
+    with pytest.raises(ValueError, match="feature cache holds one view per image"):
+        train(config)
