@@ -59,21 +59,29 @@ class PeakMemory:
         return (self.peak - self.base) / 2**20
 
 
-def clip_b32_model(folder: Path):
-    """A CLIP-B/32-sized random tower (saved under `folder`) + the embedded SmolLM2-135M-Instruct."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224,
+           patch_size=32)
+PREPROCESSORS = {
+    "clip": '{"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}, '
+            '"crop_size": {"height": 224, "width": 224}, "do_center_crop": true, "resample": 3, '
+            '"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}',
+    "siglip": '{"image_processor_type": "SiglipImageProcessor", "size": {"height": 224, "width": 224}, '
+              '"resample": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}',
+}
+
+
+def clip_b32_model(folder: Path, tower: str = "clip"):
+    """A B/32-sized random CLIP (or SigLIP) tower, saved under `folder`, + the embedded SmolLM2-135M-Instruct."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
     from minillava.model import MiniLlava
 
-    tower = folder / "clip-b32"
+    path = folder / f"{tower}-b32"
     torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                     num_attention_heads=12, image_size=224, patch_size=32)).save_pretrained(tower)
-    (tower / "preprocessor_config.json").write_text(
-        '{"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}, '
-        '"crop_size": {"height": 224, "width": 224}, "do_center_crop": true, "resample": 3, '
-        '"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}')
-    return MiniLlava.from_components(str(tower), "smollm2-135m-instruct", seed=0)
+    classes = (CLIPVisionModel, CLIPVisionConfig) if tower == "clip" else (SiglipVisionModel, SiglipVisionConfig)
+    classes[0](classes[1](**B32)).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(PREPROCESSORS[tower])
+    return MiniLlava.from_components(str(path), "smollm2-135m-instruct", seed=0)
 
 
 def build(folder: Path, dtype: torch.dtype):

@@ -1,11 +1,12 @@
 """The GGUF export in llama.cpp (through llama-cpp-python) against minillava, on the same model, image and prompt.
 
-A CLIP-B/32-sized random tower (224 px, 49 tokens per image) + the embedded SmolLM2-135M-Instruct, exported with
+A B/32-sized random SigLIP tower (224 px, 49 tokens per image; `--tower clip` for CLIP, whose image tokens
+llama.cpp's LLaVA graph computes differently: docs/interop.md) + the embedded SmolLM2-135M-Instruct, exported with
 `minillava export --format gguf --quant f16 q8_0 q4_k_m`. Each side answers the same question about the same
 image, greedy, from the PIL image and the text (image encoding included), alternately, a few times. Prints the
 files' size on disk, the median time to first token and decode tokens/s, and the ratios to minillava float32:
 
-    python bench/gguf_llamacpp.py [--new-tokens 64] [--repeats 3]
+    python bench/gguf_llamacpp.py [--tower siglip|clip] [--new-tokens 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tower", choices=["siglip", "clip"], default="siglip")
     args = parser.parse_args()
 
     from minillava.export.llamacpp import export_gguf
@@ -61,13 +63,13 @@ def main() -> None:
 
     image = images(1)[0]
     with tempfile.TemporaryDirectory() as tmp:
-        model = clip_b32_model(Path(tmp)).eval()
+        model = clip_b32_model(Path(tmp), args.tower).eval()
         start = time.perf_counter()
         report = export_gguf(model, Path(tmp) / "gguf", quants=QUANTS)
         seconds = time.perf_counter() - start
         print(f"export (f16 written, q8_0 / q4_k_m quantized by llama.cpp, checked): {seconds:.0f} s")
         sides = {"minillava float32": (lambda: run_ours(model, image, args.new_tokens))}
-        bf16 = clip_b32_model(Path(tmp) / "bf16").to(torch.bfloat16).eval()
+        bf16 = clip_b32_model(Path(tmp) / "bf16", args.tower).to(torch.bfloat16).eval()
         sides["minillava bfloat16"] = lambda: run_ours(bf16, image, args.new_tokens)
         sizes = {"minillava float32": sum(p.numel() * 4 for p in model.parameters()),
                  "minillava bfloat16": sum(p.numel() * 2 for p in model.parameters())}
@@ -86,9 +88,9 @@ def main() -> None:
                 result = run()
                 samples[name].append(summarise(result["stamps"], 1))
                 texts[name] = result["text"]
-        print(f"CLIP-B/32-sized random tower + SmolLM2-135M-Instruct, {torch.get_num_threads()} threads, one image, "
-              f"greedy, up to {args.new_tokens} new tokens, median of {args.repeats}; sizes: weights on disk "
-              f"(llama.cpp: model + mmproj f16)")
+        print(f"{args.tower} B/32-sized random tower + SmolLM2-135M-Instruct, {torch.get_num_threads()} threads, "
+              f"one image, greedy, up to {args.new_tokens} new tokens, median of {args.repeats}; sizes: weights "
+              f"on disk (llama.cpp: model + mmproj f16)")
         base = {"ttft": statistics.median(t for t, _ in samples["minillava float32"]),
                 "decode": statistics.median(d for _, d in samples["minillava float32"])}
         print(f"{'':>20} {'size MB':>8} {'TTFT s':>8} {'x':>6} {'decode tok/s':>13} {'x':>6}  same text as fp32")

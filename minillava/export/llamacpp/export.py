@@ -153,20 +153,32 @@ def _check(model, folder: Path, report: GGUFExport, llama_cpp) -> None:
     """Tokenizer agreement (refused when it differs: the vocabulary would be wrong), the image embeddings of the
     first model file (refused when they differ, but for CLIP's known CLS ordering in llama.cpp) and greedy answers
     (recorded: float16 and quantized weights may move a close call)."""
-    first = next(iter(report.models))
-    vocab_only = llama_cpp.Llama(model_path=str(folder / report.models[first]["file"]), vocab_only=True,
-                                 verbose=False)
+    image = check_image(model)
+    report.answers["minillava"] = model.ask(CHECK_QUESTION, [image], max_new_tokens=CHECK_TOKENS)
+    for index, quant in enumerate(report.models):
+        llm = load(folder, quant, n_ctx=512)
+        if index == 0:
+            _check_tokenizer(model, llm)
+            report.tokenizer_equal = True
+            _check_image_embeddings(model, llm, image, report, llama_cpp.__version__)
+        answer = ask(llm, image, CHECK_QUESTION, max_tokens=CHECK_TOKENS)
+        report.answers[quant] = {"llama.cpp": answer.text, "prompt_tokens": answer.prompt_tokens,
+                                 "equal": answer.text.strip() == report.answers["minillava"].strip()}
+        llm.close()
+    report.checked = True
+    report.llama_cpp = llama_cpp.__version__
+
+
+def _check_tokenizer(model, llm) -> None:
     for probe in PROBES:
         ours = model.tokenizer(probe, add_special_tokens=False)["input_ids"]
-        theirs = vocab_only.tokenize(probe.encode(), add_bos=False, special=True)
+        theirs = llm.tokenize(probe.encode(), add_bos=False, special=True)
         if ours != theirs:
             raise GGUFExportError(f"llama.cpp tokenizes {probe!r} as {theirs[:20]}..., minillava as {ours[:20]}...")
-    del vocab_only
-    report.tokenizer_equal = True
-    image = check_image(model)
-    llm = load(folder, first, n_ctx=512)
+
+
+def _check_image_embeddings(model, llm, image: Image.Image, report: GGUFExport, version: str) -> None:
     theirs = image_embeddings(llm, image)
-    llm.close()
     with torch.no_grad():
         ours = model.encode_images(model.pixel_values([image]))[0].float().numpy()
     if theirs.shape != ours.shape:
@@ -175,17 +187,8 @@ def _check(model, folder: Path, report: GGUFExport, llama_cpp) -> None:
     cosine = (theirs * ours).sum(-1) / (np.linalg.norm(theirs, axis=-1) * np.linalg.norm(ours, axis=-1) + 1e-12)
     report.image_cosine, report.image_max_abs_diff = float(cosine.mean()), float(np.abs(theirs - ours).max())
     if model.vision.num_prefix_tokens:
-        report.notes.append(CLS_LAST.format(version=llama_cpp.__version__, cosine=report.image_cosine))
+        report.notes.append(CLS_LAST.format(version=version, cosine=report.image_cosine))
         log.warning(report.notes[-1])
     elif report.image_cosine < MIN_IMAGE_COSINE:
         raise GGUFExportError(f"llama.cpp's image embeddings differ from minillava's (mean cosine "
                               f"{report.image_cosine:.4f}, max difference {report.image_max_abs_diff:.3g})")
-    report.answers["minillava"] = model.ask(CHECK_QUESTION, [image], max_new_tokens=CHECK_TOKENS)
-    for quant in report.models:
-        llm = load(folder, quant, n_ctx=512)
-        answer = ask(llm, image, CHECK_QUESTION, max_tokens=CHECK_TOKENS)
-        report.answers[quant] = {"llama.cpp": answer.text, "prompt_tokens": answer.prompt_tokens,
-                                 "equal": answer.text.strip() == report.answers["minillava"].strip()}
-        llm.close()
-    report.checked = True
-    report.llama_cpp = llama_cpp.__version__

@@ -9,6 +9,7 @@ import ctypes
 import io
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,31 @@ class RuntimeMissing(ImportError):
     """llama-cpp-python is not installed."""
 
 
+_LOG = {"verbose": False, "callback": None, "showing": False}
+# ggml's log levels (ggml.h): a CONT message continues the one before it
+GGML_WARN, GGML_ERROR, GGML_CONT = 3, 4, 5
+
+
 def llama_cpp_module():
     try:
         import llama_cpp
         import llama_cpp.llama_chat_format  # noqa: F401  (the multimodal chat handlers)
+        import llama_cpp.mtmd_cpp as mtmd
     except ImportError:
         raise RuntimeMissing("running or quantizing a GGUF export needs llama-cpp-python "
-                             "(pip install llama-cpp-python; it builds llama.cpp, ~12 min on 2 cores)") from None
+                             "(pip install 'minillava[gguf]'; it compiles llama.cpp, ~13 min on 2 cores)") from None
+    if _LOG["callback"] is None:
+        # llama.cpp, its quantizer and mtmd log every tensor and prompt chunk at INFO: keep warnings and errors.
+        @llama_cpp.llama_log_callback
+        def log(level: int, text: bytes, user_data) -> None:
+            if level != GGML_CONT:
+                _LOG["showing"] = _LOG["verbose"] or level in (GGML_WARN, GGML_ERROR)
+            if _LOG["showing"]:
+                sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+        _LOG["callback"] = log  # ctypes needs the callback kept alive
+        for set_log in (llama_cpp.llama_log_set, mtmd.mtmd_log_set, mtmd.mtmd_helper_log_set):
+            set_log(log, ctypes.c_void_p(0))
     return llama_cpp
 
 
@@ -79,6 +98,7 @@ def load(folder: str | Path, quant: str | None = None, n_ctx: int = 2048, n_thre
          verbose: bool = False):
     """A `llama_cpp.Llama` for the export in `folder` (`quant`: one of its model files' types; default the first)."""
     llama_cpp = llama_cpp_module()
+    _LOG["verbose"] = verbose
     folder = Path(folder)
     report = json.loads((folder / REPORT).read_text())
     models = report["models"]
