@@ -15,6 +15,7 @@ from minillava.data.conversation import Conversation, Turn
 from minillava.data.image_plan import ImagePlan, SingleViewPlanner
 from minillava.data.tokenize import ConversationEncoder
 from minillava.model import GenerationConfig, ImageSlotError, MiniLlava, build_prompt
+from minillava.model.image_slots import check_image_slots
 from minillava.model.language import load_tokenizer
 from minillava.train.loop import train
 
@@ -163,3 +164,41 @@ def test_the_feature_cache_refuses_plans_of_several_views(tmp_path, monkeypatch)
     config.stages = config.stages[:1]
     with pytest.raises(ValueError, match="feature cache holds one view per image"):
         train(config)
+
+
+@dataclass(frozen=True)
+class SumThenViews:
+    """Test-only layout: one token, the sum of every view's features, before the views' own tokens."""
+
+    def num_tokens(self, tokens_per_view: int) -> int:
+        return 1 + 2 * tokens_per_view
+
+    def arrange(self, features: torch.Tensor, image_newline: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([features.sum((0, 1))[None], features.flatten(0, 1)])
+
+
+@dataclass(frozen=True)
+class TwiceWithSum:
+    tokens_per_view: int
+
+    def plan(self, image) -> ImagePlan:
+        return ImagePlan(views=2, tokens=1 + 2 * self.tokens_per_view, layout=SumThenViews())
+
+    def views(self, image: Image.Image, plan: ImagePlan) -> list[Image.Image]:
+        return [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+
+
+def test_a_layout_arranges_its_views_and_the_check_counts_its_tokens(model, images):
+    t = model.tokens_per_image
+    model.encoder.planner = TwiceWithSum(t)
+    batch = model.prepare([qa([images[0]]), qa([images[2]], "And this?")])
+    assert slot_runs(batch.input_ids[0].tolist(), model.image_token_id) == [1 + 2 * t]
+    with torch.no_grad():
+        embeddings = model.embed(batch.input_ids, batch.pixel_values, image_plans=batch.image_plans)
+        features = model.encode_images(batch.pixel_values)
+    slots = batch.input_ids == model.image_token_id
+    torch.testing.assert_close(embeddings[1, slots[1]][0], features[2:].sum((0, 1)))
+    torch.testing.assert_close(embeddings[1, slots[1]][1:], features[2:].flatten(0, 1))
+    with pytest.raises(ImageSlotError, match=rf"image 0 .* fills {2 * t} slots but its layout arranges its 2 views "
+                                             rf"into {1 + 2 * t}"):
+        check_image_slots(2 * t, [ImagePlan(2, 2 * t, SumThenViews())], 2, t)

@@ -3,7 +3,8 @@
 A plan says how many views the vision encoder sees of an image (one view at the tower's size today; tiles and a
 global view for AnyRes; frames for video) and how many `<image>` slots the image fills. Tokenization expands each
 `<image>` to its own image's slots, the batch carries every image's plan, and the forward fills the slots with the
-views' features, image after image.
+views' features, image after image. A plan may carry a layout: how its views' features become its tokens (AnyRes
+re-assembles tiles into one grid and adds row ends); without one they are concatenated in view order.
 """
 
 from __future__ import annotations
@@ -11,15 +12,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from PIL import Image
 
 from minillava.data.conversation import ImageSource
+
+
+class ViewLayout(Protocol):
+    """How one image's projected view features become its slot embeddings (frozen and hashable: plans are compared)."""
+
+    def num_tokens(self, tokens_per_view: int) -> int:
+        """The embeddings `arrange` makes from the plan's views: what its slots must number."""
+        ...
+
+    def arrange(self, features: torch.Tensor, image_newline: torch.Tensor | None) -> torch.Tensor:
+        """(views, tokens_per_view, width) -> (num_tokens, width); `image_newline`: the model's learned row end."""
+        ...
 
 
 @dataclass(frozen=True)
 class ImagePlan:
     views: int  # encoder inputs made from the image, in the order their features fill its slots
     tokens: int  # `<image>` slots the image takes in the token ids
+    layout: ViewLayout | None = None  # None: the views' features, concatenated, are the tokens
 
     def __post_init__(self) -> None:
         if self.views < 1 or self.tokens < 1:

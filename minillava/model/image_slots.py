@@ -26,7 +26,13 @@ def check_image_slots(num_slots: int, plans: Sequence[ImagePlan], num_views: int
         raise ImageSlotError(f"the {len(plans)} images' plans take {views} views but the batch holds {num_views} "
                              "encoded or pixel views")
     for i, plan in enumerate(plans):
-        # The forward fills an image's slots with its views' features in order, nothing added or merged.
+        if plan.layout is not None:
+            arranged = plan.layout.num_tokens(tokens_per_view)
+            if plan.tokens != arranged:
+                raise ImageSlotError(f"image {i} of the batch: its plan fills {plan.tokens} slots but its layout "
+                                     f"arranges its {plan.views} views into {arranged} features")
+            continue
+        # Without a layout the forward fills an image's slots with its views' features in order, nothing added.
         if plan.tokens != plan.views * tokens_per_view:
             raise ImageSlotError(f"image {i} of the batch: its plan fills {plan.tokens} slots but its {plan.views} "
                                  f"view(s) encode to {plan.views * tokens_per_view} features "

@@ -186,10 +186,21 @@ class MiniLlava(nn.Module):
         check_image_slots(int(slots.sum()), image_plans, num_views, self.tokens_per_image)
         if num_views:
             features = self.project(vision_features) if vision_features is not None else self.encode_images(views)
-            # An image's views and its slots are both consecutive, image after image: one assignment fills all.
+            features = self.arrange(features, image_plans)
+            # An image's tokens and its slots are both consecutive, image after image: one assignment fills all.
             embeddings = embeddings.clone()
-            embeddings[slots] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
+            embeddings[slots] = features.to(embeddings.dtype)
         return embeddings
+
+    def arrange(self, features: torch.Tensor, image_plans: Sequence[ImagePlan]) -> torch.Tensor:
+        """Projected views (n_views, tokens_per_view, width) -> every image's tokens in slot order (tokens, width):
+        each plan's layout arranges its views; views of plans without one are concatenated."""
+        if all(plan.layout is None for plan in image_plans):
+            return features.reshape(-1, features.shape[-1])
+        newline = getattr(self, "image_newline", None)
+        chunks = features.split([plan.views for plan in image_plans])
+        return torch.cat([chunk.flatten(0, 1) if plan.layout is None else plan.layout.arrange(chunk, newline)
+                          for chunk, plan in zip(chunks, image_plans, strict=True)])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
