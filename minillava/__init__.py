@@ -24,6 +24,7 @@ _EXPORTS = {
     "ImageTransform": "minillava.data.transforms",
     "ImagePlan": "minillava.data.image_plan",
     "ImagePlanner": "minillava.data.image_plan",
+    "AnyResPlanner": "minillava.data.anyres",
     "ConversationEncoder": "minillava.data.tokenize",
     "load_conversations": "minillava.data.formats",
     "check_file": "minillava.data.validate",

@@ -56,6 +56,35 @@ def load_images(sources: Iterable[ImageSource], **kwargs) -> list[Image.Image]:
     return [load_image(source, **kwargs) for source in sources]
 
 
+def image_size(source: ImageSource) -> tuple[int, int]:
+    """(width, height) of the image `load_image` makes from `source` (EXIF orientation applied), read from the
+    header only: planning an image's tokens must not decode it."""
+    name = _source_name(source)
+    if isinstance(source, Image.Image):
+        return _oriented_size(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
+    elif not isinstance(source, str | Path):
+        raise TypeError(f"cannot read an image size from a {type(source).__name__}; pass a path, bytes or a PIL image")
+    try:
+        with Image.open(source) as image:  # lazy: reads the header only
+            return _oriented_size(image)
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(_pillow_limit_message(name, err, DEFAULT_MAX_PIXELS)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image, or a format Pillow cannot read") from None
+    except DECODE_ERRORS as err:
+        raise ImageError(f"{name}: cannot open: {err}") from None
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    # EXIF orientations 5-8 turn the image a quarter: load_image transposes them, so width and height swap.
+    turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return (image.height, image.width) if turned else image.size
+
+
 def _source_name(source: ImageSource) -> str:
     if isinstance(source, Image.Image):
         return "<PIL image>"
