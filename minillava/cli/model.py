@@ -33,6 +33,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--chat-template", default=None,
                       help="replace the language model's chat template: 'chatml' (ChatML without a default system "
                            "turn) or a Jinja file")
+    init.add_argument("--anyres", type=parse_pinpoints, default=None, metavar="HxW,HxW,...",
+                      help="AnyRes (LLaVA-NeXT) tiling: the grid resolutions, height x width in pixels, multiples of "
+                           "the tower's input size (e.g. 672x336,336x672,672x672 for a 336 px tower)")
+    init.add_argument("--no-image-newline", action="store_true",
+                      help="AnyRes without the learned embedding after each row of tiles' features")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", required=True, help="the model folder to write")
     init.set_defaults(run=run_init)
@@ -54,19 +59,32 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     gen.set_defaults(run=run_generate)
 
 
-def run_init(args: argparse.Namespace) -> int:
-    from minillava.model import MiniLlava
+def parse_pinpoints(text: str) -> list[list[int]]:
+    """'64x32,32x64' -> [[64, 32], [32, 64]] (height, width)."""
+    try:
+        pinpoints = [[int(side) for side in item.lower().split("x")] for item in text.split(",")]
+    except ValueError:
+        pinpoints = []
+    if not pinpoints or any(len(p) != 2 or min(p) < 1 for p in pinpoints):
+        raise argparse.ArgumentTypeError(f"{text!r}: give resolutions as HEIGHTxWIDTH,HEIGHTxWIDTH,...")
+    return pinpoints
 
+
+def run_init(args: argparse.Namespace) -> int:
+    from minillava.model import AnyResConfig, MiniLlava
+
+    anyres = None if args.anyres is None else AnyResConfig(args.anyres, image_newline=not args.no_image_newline)
     layer = args.feature_layer
     if layer is not None and len(layer) == 1:
         layer = layer[0]
     model = MiniLlava.from_components(args.vision, args.llm, args.projector, seed=args.seed,
                                       feature_layer=layer, select=args.select, image_aspect=args.image_aspect,
                                       position_channels=args.position_channels, color_cells=args.color_cells,
-                                      chat_template=args.chat_template)
+                                      chat_template=args.chat_template, anyres=anyres)
     model.save_pretrained(args.out)
-    print(f"wrote {args.out}: {args.vision} -> {args.projector} -> {args.llm}, "
-          f"{model.tokens_per_image} tokens per image")
+    tokens = (f"{model.tokens_per_image} tokens per image" if anyres is None else
+              f"AnyRes over {args.anyres}, {model.tokens_per_image} tokens per view")
+    print(f"wrote {args.out}: {args.vision} -> {args.projector} -> {args.llm}, {tokens}")
     return 0
 
 

@@ -57,6 +57,9 @@ def plan_export(model: MiniLlava, target: str = "transformers") -> ExportPlan:
     """Check that the model fits the LLaVA format for `target`; raise ExportError naming what does not."""
     if target not in TARGETS:
         raise ExportError(f"unknown export target {target!r}; choose one of {TARGETS}")
+    if model.config.anyres is not None:
+        raise ExportError("an AnyRes model (tiles, image_newline): this export writes LLaVA-1.5's single-view format "
+                          "only, not LLaVA-NeXT's; keep using the minillava model folder")
     kind = model.config.vision.name
     if kind not in VISION_TOWER_KINDS:
         raise ExportError(

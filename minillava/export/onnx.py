@@ -78,6 +78,9 @@ def export_onnx(model: MiniLlava, out: str | Path, overwrite: bool = False, opse
                 tolerance: float = TOLERANCE) -> OnnxExport:
     """Write the tower + projector graph and its preprocessing into `out`, after onnxruntime matched minillava
     (float32) within `tolerance` on seeded images."""
+    if model.config.anyres is not None:
+        raise OnnxExportError("an AnyRes model: the graph embeds single views, not the tiling and image_newline rows "
+                              "of AnyRes; keep using the minillava model folder")
     runtime = _runtime()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

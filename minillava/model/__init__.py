@@ -1,12 +1,12 @@
 """The model: vision encoder -> projector -> language model."""
 
-from minillava.model.config import MiniLlavaConfig, VisionConfig
+from minillava.model.config import AnyResConfig, MiniLlavaConfig, VisionConfig
 from minillava.model.generation import Generation, GenerationRun, build_prompt
 from minillava.model.image_slots import ImageSlotError
 from minillava.model.llava import ForwardOutput, MiniLlava
 from minillava.model.sampling import GenerationConfig
 
 __all__ = [
-    "ForwardOutput", "Generation", "GenerationConfig", "GenerationRun", "ImageSlotError", "MiniLlava",
+    "AnyResConfig", "ForwardOutput", "Generation", "GenerationConfig", "GenerationRun", "ImageSlotError", "MiniLlava",
     "MiniLlavaConfig", "VisionConfig", "build_prompt",
 ]

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CONFIG_NAME = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the anyres setting
 # Per encoder, where it differs from LLaVA's penultimate layer (-2). EfficientNet-Lite0: blocks 10 and 15 keep
 # colour and shape, which its 1280-channel head loses (see minillava/model/vision/efficientnet.py).
 DEFAULT_FEATURE_LAYERS: dict[str, int | list[int]] = {"efficientnet-lite0": [11, 16]}
@@ -41,6 +41,19 @@ class VisionConfig:
 
 
 @dataclass
+class AnyResConfig:
+    """LLaVA-NeXT's AnyRes: each image as a global view plus the tiles of its best-fit grid resolution."""
+
+    grid_pinpoints: list[list[int]]  # resolutions [height, width], each a multiple of the tower's input size
+    image_newline: bool = True  # a learned embedding after every row of the tiles' feature grid
+
+    def __post_init__(self) -> None:
+        self.grid_pinpoints = [[int(side) for side in pinpoint] for pinpoint in self.grid_pinpoints]
+        if not self.grid_pinpoints or any(len(p) != 2 or min(p) < 1 for p in self.grid_pinpoints):
+            raise ValueError(f"anyres grid_pinpoints {self.grid_pinpoints}: give [height, width] pairs")
+
+
+@dataclass
 class MiniLlavaConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: str = "mlp2x_gelu"
@@ -51,6 +64,7 @@ class MiniLlavaConfig:
     # Jinja text that replaces the language model's chat template (model.templates); None: the model's own.
     chat_template: str | None = None
     stored: list[str] = field(default_factory=lambda: ["projector"])  # components saved in model.safetensors
+    anyres: AnyResConfig | None = None  # None: every image is one view at the tower's size
     version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
@@ -69,6 +83,8 @@ class MiniLlavaConfig:
         # Folders written before these options have none.
         vision = {"position_channels": 0, "color_cells": 0, **data.get("vision", {})}
         data["vision"] = VisionConfig(**vision)
+        if data.get("anyres") is not None:
+            data["anyres"] = AnyResConfig(**data["anyres"])
         return cls(**data)
 
     def save(self, folder: str | Path) -> None:

@@ -17,8 +17,9 @@ from minillava.data.conversation import Conversation, ImageSource
 from minillava.data.image_plan import ImagePlan, ImagePlanner, SingleViewPlanner
 from minillava.data.images import load_images
 from minillava.data.tokenize import IGNORE_INDEX, ConversationEncoder
+from minillava.model.anyres import add_image_newline, anyres_planner
 from minillava.model.blocks import block_attention_mask
-from minillava.model.config import MiniLlavaConfig
+from minillava.model.config import AnyResConfig, MiniLlavaConfig
 from minillava.model.cpu_linear import use_onednn_linears
 from minillava.model.generation import Generation, GenerationRun, build_prompt, generate, stream
 from minillava.model.image_slots import check_image_slots
@@ -57,8 +58,9 @@ class MiniLlava(nn.Module):
         config.image_token_id = self.image_token_id
         # The slots one view of an image fills: a fixed-size model's count per image.
         self.tokens_per_image = projector.num_tokens(vision.num_tokens)
-        self.encoder = ConversationEncoder(tokenizer, self.image_token_id, SingleViewPlanner(self.tokens_per_image),
-                                           config.max_length)
+        planner = (SingleViewPlanner(self.tokens_per_image) if config.anyres is None
+                   else anyres_planner(config.anyres, vision, projector))
+        self.encoder = ConversationEncoder(tokenizer, self.image_token_id, planner, config.max_length)
         use_onednn_linears(self)  # faster float32 inference on CPU; training and other dtypes unchanged
 
     # -- building, saving, loading ------------------------------------------------------------------------
@@ -73,16 +75,20 @@ class MiniLlava(nn.Module):
             tokenizer.chat_template = config.chat_template
         width = language_model.get_input_embeddings().embedding_dim
         projector = build_projector(config.projector, vision.hidden_size, width, vision.grid).to(dtype)
+        if config.anyres is not None and config.anyres.image_newline:
+            add_image_newline(projector, width)
         return cls(config, vision, projector, language_model, tokenizer)
 
     @classmethod
     def from_components(cls, vision: str = "efficientnet-lite0", llm: str = "smollm2-135m-instruct",
                         projector: str = "mlp2x_gelu", seed: int = 0, dtype: torch.dtype = torch.float32,
-                        chat_template: str | None = None, **vision_options) -> MiniLlava:
+                        chat_template: str | None = None, anyres: AnyResConfig | None = None,
+                        **vision_options) -> MiniLlava:
         """A new model from an encoder and a language model (names, folders or hub ids); `chat_template` (a
-        model.templates name or a Jinja file) replaces the language model's own."""
+        model.templates name or a Jinja file) replaces the language model's own; `anyres` tiles every image."""
         config = MiniLlavaConfig(vision=vision_config_for(vision, **vision_options), projector=projector, llm=llm,
-                                 chat_template=None if chat_template is None else resolve_chat_template(chat_template))
+                                 chat_template=None if chat_template is None else resolve_chat_template(chat_template),
+                                 anyres=anyres)
         torch.manual_seed(seed)
         return cls.build(config, dtype=dtype)
 
@@ -197,7 +203,7 @@ class MiniLlava(nn.Module):
         each plan's layout arranges its views; views of plans without one are concatenated."""
         if all(plan.layout is None for plan in image_plans):
             return features.reshape(-1, features.shape[-1])
-        newline = getattr(self, "image_newline", None)
+        newline = getattr(self.projector, "image_newline", None)
         chunks = features.split([plan.views for plan in image_plans])
         return torch.cat([chunk.flatten(0, 1) if plan.layout is None else plan.layout.arrange(chunk, newline)
                           for chunk, plan in zip(chunks, image_plans, strict=True)])

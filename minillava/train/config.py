@@ -136,13 +136,25 @@ class ModelSpec:
     position_channels: int | None = None  # None: the encoder's default (EfficientNet-Lite0 16, ViTs 0)
     color_cells: int | None = None  # mean colours of N x N sub-cells per token (CNN encoders); None: 0
     chat_template: str | None = None  # a model.templates name (chatml) or a Jinja file; None: the LM's own
+    # AnyRes (LLaVA-NeXT) tiling: {grid_pinpoints: [[height, width], ...], image_newline: true}; None: one view
+    anyres: dict | None = None
 
     def options(self) -> dict:
         """The settings `MiniLlava.from_components` takes after the three component names."""
         return {"feature_layer": self.feature_layer, "select": self.select, "image_aspect": self.image_aspect,
                 "image_size": self.image_size, "position_channels": self.position_channels,
                 "color_cells": self.color_cells,
-                "chat_template": self.chat_template}
+                "chat_template": self.chat_template, "anyres": self.anyres_config()}
+
+    def anyres_config(self):  # -> AnyResConfig | None; imported here, so reading a recipe stays light
+        from minillava.model.config import AnyResConfig
+
+        if self.anyres is None:
+            return None
+        try:
+            return AnyResConfig(**self.anyres)
+        except TypeError as error:
+            raise ValueError(f"model.anyres {self.anyres}: {error}; keys: grid_pinpoints, image_newline") from None
 
 
 @dataclass

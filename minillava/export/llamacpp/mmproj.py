@@ -51,6 +51,8 @@ class MmprojPlan:
 
 
 def plan_mmproj(model) -> MmprojPlan:
+    if model.config.anyres is not None:
+        raise MmprojError("an AnyRes model: this mmproj is LLaVA-1.5's single-view graph; AnyRes is not exported yet")
     kind = model.config.vision.name
     if kind not in TOWERS:
         why = ("a CNN: mtmd's graphs are vision transformers" if kind.startswith("efficientnet")

@@ -12,11 +12,13 @@ class VisionEncoder(nn.Module):
     """Maps pixel batches (B, 3, H, W) to patch features (B, num_tokens, hidden_size).
 
     Subclasses set `hidden_size`, `grid` (rows, cols of the selected patch tokens, or None when the tokens do
-    not form a grid), `num_tokens` and `transform` (their own preprocessing).
+    not form a grid), `num_tokens` and `transform` (their own preprocessing); towers whose tokens are a patch grid
+    after prefix tokens (CLS kept) set `patch_grid`, that grid.
     """
 
     hidden_size: int
     grid: tuple[int, int] | None
+    patch_grid: tuple[int, int] | None = None
     num_tokens: int
     transform: ImageTransform
 

@@ -47,6 +47,7 @@ class HFVisionTower(VisionEncoder):
         rows, cols = self.transform.size[0] // patch, self.transform.size[1] // patch
         extra = self.num_prefix_tokens - self.drop
         self.grid = (rows, cols) if extra == 0 else None
+        self.patch_grid = (rows, cols)
         self.num_tokens = rows * cols + extra
         self.hidden_size = self.tower.config.hidden_size * len(self.layers)
 
