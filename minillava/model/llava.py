@@ -158,8 +158,10 @@ class MiniLlava(nn.Module):
         transform = self.vision.transform
         if plans is None:
             plans = [self.image_planner.plan(image) for image in images]
-        # Large JPEGs decode at a reduced scale that still covers the target size.
-        loaded = load_images(images, background=transform.background, min_side=max(transform.size))
+        # Large JPEGs decode at a reduced scale that still covers the target size (AnyRes: its largest grid).
+        anyres = self.config.anyres
+        side = max(transform.size) if anyres is None else max(max(pinpoint) for pinpoint in anyres.grid_pinpoints)
+        loaded = load_images(images, background=transform.background, min_side=side)
         views = []
         for image, plan in zip(loaded, plans, strict=True):
             made = self.image_planner.views(image, plan)
