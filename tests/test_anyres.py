@@ -177,6 +177,11 @@ def test_cli_init_with_anyres(tmp_path, tiny_towers, tiny_llms, capsys):
     assert plan.tokens == 16 + 4 * 6  # global view + the unpadded 4 x 6 grid of a 1 x 2 tile grid, no row ends
     with pytest.raises(SystemExit):
         main(["init", "--vision", tiny_towers["clip"], "--anyres", "64by32", "--out", str(tmp_path / "x")])
+    assert main(["init", "--vision", tiny_towers["clip"], "--llm", tiny_llms["llama"], "--anyres", "64x64",
+                 "--anyres-max-views", "1", "--out", str(tmp_path / "reduced")]) == 0
+    reduced = MiniLlava.from_pretrained(tmp_path / "reduced")
+    assert reduced.config.anyres.max_views == 1
+    assert reduced.image_planner.plan(picture(64, 64)).tokens == 16 + 4 * 4 + 4  # the 8 x 8 grid shrunk to 4 x 4
 
 
 def test_anyres_refuses_what_it_cannot_tile(tiny_towers, tiny_llms):
@@ -203,3 +208,24 @@ def test_a_recipe_builds_and_trains_an_anyres_model(tmp_path):
         cached = tiny_config(tmp_path, grid, "stages.align.feature_cache=true", f"output_dir={tmp_path / 'cached'}")
         cached.stages = cached.stages[:1]
         train(cached)
+
+
+@pytest.mark.parametrize("size", [(50, 30), (77, 61), (300, 200), (20, 100)])
+def test_token_reduction_equals_llava_onevision(size):
+    from transformers import LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    width, height = size
+    best = best_resolution((height, width), PINPOINTS)
+    layout = TileGridLayout((best[0] // 32, best[1] // 32), (4, 4), (height, width), max_views=1)
+    torch.manual_seed(0)
+    features, newline = torch.randn(1 + layout.tiles[0] * layout.tiles[1], 16, 6), torch.randn(6)
+    owner = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=32, patch_size=8),
+                                                   image_grid_pinpoints=PINPOINTS))
+    packed, lengths = LlavaOnevisionModel.pack_image_features(owner, [features], torch.tensor([[height, width]]),
+                                                              newline, "anyres_max_1")
+    torch.testing.assert_close(layout.arrange(features, newline), packed[0])
+    counts = LlavaOnevisionProcessor._get_unpadded_features(SimpleNamespace(vision_aspect_ratio="anyres_max_1"),
+                                                            height, width, 4, 4, *layout.tiles)
+    assert layout.num_tokens(16) == 16 + sum(counts) == int(lengths[0])
+    assert layout.arranged_grid != tuple(kept.stop - kept.start for kept in layout.kept)  # every size here shrinks

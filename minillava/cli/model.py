@@ -38,6 +38,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                            "the tower's input size (e.g. 672x336,336x672,672x672 for a 336 px tower)")
     init.add_argument("--no-image-newline", action="store_true",
                       help="AnyRes without the learned embedding after each row of tiles' features")
+    init.add_argument("--anyres-max-views", type=int, default=None, metavar="N",
+                      help="AnyRes token reduction (LLaVA-OneVision's anyres_max_N): shrink a tile grid of more "
+                           "patches than about N views to that budget; default: no reduction")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", required=True, help="the model folder to write")
     init.set_defaults(run=run_init)
@@ -73,7 +76,8 @@ def parse_pinpoints(text: str) -> list[list[int]]:
 def run_init(args: argparse.Namespace) -> int:
     from minillava.model import AnyResConfig, MiniLlava
 
-    anyres = None if args.anyres is None else AnyResConfig(args.anyres, image_newline=not args.no_image_newline)
+    anyres = None if args.anyres is None else AnyResConfig(args.anyres, image_newline=not args.no_image_newline,
+                                                           max_views=args.anyres_max_views)
     layer = args.feature_layer
     if layer is not None and len(layer) == 1:
         layer = layer[0]

@@ -6,6 +6,8 @@ whole image resized to the tower's size, then the tiles (row after row) of the i
 resolution and padded to it. The layout re-assembles the tiles' patch features into one grid, crops the rows or
 columns that only saw padding, and ends every row with the model's learned `image_newline`, after the global
 view's features. The token count equals what transformers' LlavaNextProcessor inserts for the same image.
+Optionally (`max_views`, LLaVA-OneVision's anyres_max_N) a grid of more patches than about N views hold shrinks,
+bilinearly, to that budget, as LlavaOnevisionProcessor counts it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from minillava.data.conversation import ImageSource
@@ -67,6 +70,7 @@ class TileGridLayout:
     patches: Resolution  # patch rows, columns of one view
     image_size: Resolution  # the image's (height, width): where the padding is
     newline: bool = True  # a learned row end after every grid row
+    max_views: int | None = None  # token reduction: the grid shrinks to about this many views' patches
 
     @property
     def grid(self) -> Resolution:
@@ -76,8 +80,18 @@ class TileGridLayout:
     def kept(self) -> tuple[slice, slice]:
         return unpadded_grid(self.image_size, self.grid)
 
-    def num_tokens(self, tokens_per_view: int) -> int:
+    @property
+    def arranged_grid(self) -> Resolution:
+        """Rows, columns of the grid after the padding's crop and any reduction."""
         rows, cols = (kept.stop - kept.start for kept in self.kept)
+        if self.max_views is None:
+            return rows, cols
+        ratio = math.sqrt(rows * cols / (self.max_views * self.patches[0] * self.patches[1]))
+        # Within 10 % of the budget the grid stays as it is (LLaVA-OneVision's threshold).
+        return (int(rows // ratio), int(cols // ratio)) if ratio > 1.1 else (rows, cols)
+
+    def num_tokens(self, tokens_per_view: int) -> int:
+        rows, cols = self.arranged_grid
         return tokens_per_view + rows * cols + (rows if self.newline else 0)
 
     def arrange(self, features: torch.Tensor, image_newline: torch.Tensor | None) -> torch.Tensor:
@@ -91,6 +105,8 @@ class TileGridLayout:
         tiles = features[1:, features.shape[1] - rows * cols:]
         grid = tiles.reshape(tile_rows, tile_cols, rows, cols, width).permute(0, 2, 1, 3, 4)
         grid = grid.reshape(tile_rows * rows, tile_cols * cols, width)[self.kept]
+        if self.arranged_grid != grid.shape[:2]:
+            grid = F.interpolate(grid.permute(2, 0, 1)[None], self.arranged_grid, mode="bilinear")[0].permute(1, 2, 0)
         if self.newline:
             if image_newline is None:
                 raise ValueError("this AnyRes layout ends rows with image_newline, and the model has none")
@@ -107,6 +123,7 @@ class AnyResPlanner:
     patches: Resolution  # patch rows, columns of one view
     tokens_per_view: int  # projected features of one view (the patch grid plus any prefix tokens)
     newline: bool = True
+    max_views: int | None = None  # token reduction (see TileGridLayout)
     background: tuple[int, int, int] = (0, 0, 0)  # the padding's colour
     resample: int = Image.Resampling.BICUBIC
 
@@ -125,7 +142,7 @@ class AnyResPlanner:
         width, height = image_size(image)
         best = best_resolution((height, width), self.pinpoints)
         tiles = (best[0] // self.view_size[0], best[1] // self.view_size[1])
-        layout = TileGridLayout(tiles, self.patches, (height, width), self.newline)
+        layout = TileGridLayout(tiles, self.patches, (height, width), self.newline, self.max_views)
         return ImagePlan(views=1 + tiles[0] * tiles[1], tokens=layout.num_tokens(self.tokens_per_view),
                          layout=layout)
 

@@ -26,7 +26,8 @@ def anyres_planner(config: AnyResConfig, vision: VisionEncoder, projector: Proje
                          f"(shortest edge {transform.crop_shortest_edge}, then {transform.size}): "
                          "use image_aspect pad or squash")
     return AnyResPlanner(tuple(tuple(p) for p in config.grid_pinpoints), transform.size, patches,
-                         vision.num_tokens, config.image_newline, transform.background, transform.resample)
+                         vision.num_tokens, config.image_newline, config.max_views, transform.background,
+                         transform.resample)
 
 
 def add_image_newline(projector: Projector, width: int) -> None:

@@ -46,11 +46,16 @@ class AnyResConfig:
 
     grid_pinpoints: list[list[int]]  # resolutions [height, width], each a multiple of the tower's input size
     image_newline: bool = True  # a learned embedding after every row of the tiles' feature grid
+    # Token reduction (LLaVA-OneVision's anyres_max_N): a tile grid of more patches than about N views hold shrinks
+    # to that budget (bilinear); None: every unpadded patch is a token.
+    max_views: int | None = None
 
     def __post_init__(self) -> None:
         self.grid_pinpoints = [[int(side) for side in pinpoint] for pinpoint in self.grid_pinpoints]
         if not self.grid_pinpoints or any(len(p) != 2 or min(p) < 1 for p in self.grid_pinpoints):
             raise ValueError(f"anyres grid_pinpoints {self.grid_pinpoints}: give [height, width] pairs")
+        if self.max_views is not None and self.max_views < 1:
+            raise ValueError(f"anyres max_views {self.max_views}: at least 1, or None for no reduction")
 
 
 @dataclass

@@ -136,7 +136,8 @@ class ModelSpec:
     position_channels: int | None = None  # None: the encoder's default (EfficientNet-Lite0 16, ViTs 0)
     color_cells: int | None = None  # mean colours of N x N sub-cells per token (CNN encoders); None: 0
     chat_template: str | None = None  # a model.templates name (chatml) or a Jinja file; None: the LM's own
-    # AnyRes (LLaVA-NeXT) tiling: {grid_pinpoints: [[height, width], ...], image_newline: true}; None: one view
+    # AnyRes (LLaVA-NeXT) tiling: {grid_pinpoints: [[height, width], ...], image_newline: true, max_views: null};
+    # None: one view per image
     anyres: dict | None = None
 
     def options(self) -> dict:
@@ -154,7 +155,8 @@ class ModelSpec:
         try:
             return AnyResConfig(**self.anyres)
         except TypeError as error:
-            raise ValueError(f"model.anyres {self.anyres}: {error}; keys: grid_pinpoints, image_newline") from None
+            raise ValueError(f"model.anyres {self.anyres}: {error}; keys: grid_pinpoints, image_newline, "
+                             "max_views") from None
 
 
 @dataclass
