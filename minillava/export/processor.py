@@ -56,27 +56,31 @@ def processor_config(patch_size: int, select_strategy: str, num_additional_image
             "num_additional_image_tokens": num_additional_image_tokens}
 
 
-# Rewrites OpenAI/transformers-style content lists ([{"type": "image"}, {"type": "text", "text": ...}]) into the
-# plain strings our language model's template renders, an image becoming "<image>\n" as in our prompts. Prepended
-# to the language model's own template, which then runs unchanged.
-FLATTEN_CONTENT_PREFIX = (
-    "{%- set flat = namespace(messages=[]) -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}"
-    "{%- set flat.messages = flat.messages + [message] -%}"
-    "{%- else -%}"
-    "{%- set text = namespace(value='') -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] in ('image', 'image_url') -%}{%- set text.value = text.value + '" + IMAGE_PLACEHOLDER
-    + "\\n' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set flat.messages = flat.messages + [{'role': message['role'], 'content': text.value}] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set messages = flat.messages -%}"
-)
+def flatten_content_template(image_types: tuple[str, ...], image_text: str) -> str:
+    """A Jinja prefix that rewrites content lists ([{"type": "image"}, {"type": "text", "text": ...}]) into plain
+    strings: each part of `image_types` becomes the Jinja expression `image_text` (of `part`), each text part its
+    text. Prepended to a language model's own template, which then runs unchanged."""
+    return (
+        "{%- set flat = namespace(messages=[]) -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['content'] is string -%}"
+        "{%- set flat.messages = flat.messages + [message] -%}"
+        "{%- else -%}"
+        "{%- set text = namespace(value='') -%}"
+        "{%- for part in message['content'] -%}"
+        f"{{%- if part['type'] in {image_types!r} -%}}{{%- set text.value = text.value + {image_text} -%}}"
+        "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set flat.messages = flat.messages + [{'role': message['role'], 'content': text.value}] -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set messages = flat.messages -%}"
+    )
+
+
+# For transformers and vLLM: an image becomes "<image>\n" as in our prompts.
+FLATTEN_CONTENT_PREFIX = flatten_content_template(("image", "image_url"), "'" + IMAGE_PLACEHOLDER + "\\n'")
 
 
 def multimodal_chat_template(text_template: str) -> str:

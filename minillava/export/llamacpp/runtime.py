@@ -17,30 +17,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from minillava.export.processor import flatten_content_template
+
 TEMPLATE_FILE = "chat_template.jinja"
 REPORT = "gguf_export.json"
 
 # Image parts become "<image url>\n" (llama-cpp-python swaps each url for mtmd's media marker), text parts their
 # text; then the language model's own template renders the plain strings.
-FLATTEN_FOR_LLAMA_CPP = (
-    "{%- set flat = namespace(messages=[]) -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}"
-    "{%- set flat.messages = flat.messages + [message] -%}"
-    "{%- else -%}"
-    "{%- set text = namespace(value='') -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image_url' -%}"
-    "{%- set url = part['image_url'] if part['image_url'] is string else part['image_url']['url'] -%}"
-    "{%- set text.value = text.value + url + '\\n' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set flat.messages = flat.messages + [{'role': message['role'], 'content': text.value}] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set messages = flat.messages -%}"
-)
+FLATTEN_FOR_LLAMA_CPP = flatten_content_template(
+    ("image_url",), "(part['image_url'] if part['image_url'] is string else part['image_url']['url']) + '\\n'")
 
 
 class RuntimeMissing(ImportError):
