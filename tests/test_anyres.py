@@ -229,3 +229,13 @@ def test_token_reduction_equals_llava_onevision(size):
                                                             height, width, 4, 4, *layout.tiles)
     assert layout.num_tokens(16) == 16 + sum(counts) == int(lengths[0])
     assert layout.arranged_grid != tuple(kept.stop - kept.start for kept in layout.kept)  # every size here shrinks
+
+
+def test_folders_without_anyres_keep_the_format_older_minillava_reads(tiny_towers, tiny_llms, tmp_path):
+    import json
+
+    plain = MiniLlava.from_components(tiny_towers["clip"], tiny_llms["llama"])
+    plain.save_pretrained(tmp_path / "plain")
+    saved = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert saved["version"] == 1 and "anyres" not in saved
+    assert MiniLlava.from_pretrained(tmp_path / "plain").config.anyres is None

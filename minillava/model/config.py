@@ -73,7 +73,11 @@ class MiniLlavaConfig:
     version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.anyres is None:  # the format older minillava reads: no anyres key, version 1
+            del data["anyres"]
+            data["version"] = 1
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> MiniLlavaConfig:
