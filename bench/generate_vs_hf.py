@@ -70,8 +70,9 @@ PREPROCESSORS = {
 }
 
 
-def clip_b32_model(folder: Path, tower: str = "clip"):
-    """A B/32-sized random CLIP (or SigLIP) tower, saved under `folder`, + the embedded SmolLM2-135M-Instruct."""
+def clip_b32_model(folder: Path, tower: str = "clip", **options):
+    """A B/32-sized random CLIP (or SigLIP) tower, saved under `folder`, + the embedded SmolLM2-135M-Instruct;
+    `options` go to MiniLlava.from_components."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
     from minillava.model import MiniLlava
@@ -81,7 +82,7 @@ def clip_b32_model(folder: Path, tower: str = "clip"):
     classes = (CLIPVisionModel, CLIPVisionConfig) if tower == "clip" else (SiglipVisionModel, SiglipVisionConfig)
     classes[0](classes[1](**B32)).save_pretrained(path)
     (path / "preprocessor_config.json").write_text(PREPROCESSORS[tower])
-    return MiniLlava.from_components(str(path), "smollm2-135m-instruct", seed=0)
+    return MiniLlava.from_components(str(path), "smollm2-135m-instruct", seed=0, **options)
 
 
 def build(folder: Path, dtype: torch.dtype):
