@@ -49,7 +49,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from minillava.export.hf_llava import export_hf_llava
+    from minillava.export.hf_llava import export_hf_llava, hf_layout
     from minillava.export.merge import load_model
 
     model = load_model(args.model)
@@ -77,7 +77,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = export_hf_llava(model, args.out, target=args.target, dtype=dtype, max_shard_size=args.max_shard_size,
                          overwrite=args.overwrite)
     print(f"wrote {out} ({args.format}, for {args.target}); load it with "
-          f"LlavaForConditionalGeneration.from_pretrained({str(out)!r}) and AutoProcessor")
+          f"{hf_layout(model)[1]}.from_pretrained({str(out)!r}) and AutoProcessor")
     return 0
 
 

@@ -1,5 +1,6 @@
 """Export to the Hugging Face LLaVA format: a folder that `LlavaForConditionalGeneration`, `AutoProcessor`,
-`pipeline("image-text-to-text")` and vLLM load without minillava.
+`pipeline("image-text-to-text")` and vLLM load without minillava. AnyRes models become `llava_next` folders
+(`LlavaNextForConditionalGeneration`): the same tensors plus `image_newline` and the grid resolutions.
 
 What the format cannot express is refused up front with the reason and an alternative: it has one vision
 tower (CLIP, SigLIP; DINOv2 for transformers only), one hidden-state layer, a linear -> activation -> linear
@@ -19,6 +20,8 @@ from transformers import AutoTokenizer
 
 from minillava.export.keys import VISION_TOWER_KINDS, ours_to_hf
 from minillava.export.processor import (
+    ANYRES_PROCESSOR,
+    anyres_preprocessor_config,
     multimodal_chat_template,
     preprocessor_config,
     processor_config,
@@ -34,6 +37,9 @@ TARGETS = ("transformers", "vllm")
 VLLM_TOWERS = ("clip", "siglip")
 # Activation names that transformers' ACT2FN and vLLM both know, for each of our projectors.
 PROJECTOR_ACTIVATIONS = {"mlp2x_gelu": "gelu", "linear": "linear"}
+# (model_type, architecture) of fixed-size and of AnyRes (LLaVA-NeXT) models.
+FIXED_SIZE_LAYOUT = ("llava", "LlavaForConditionalGeneration")
+ANYRES_LAYOUT = ("llava_next", "LlavaNextForConditionalGeneration")
 # The tokenizer class a transformers 4.x reader knows for a plain tokenizers-backed tokenizer.
 LEGACY_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
@@ -57,9 +63,6 @@ def plan_export(model: MiniLlava, target: str = "transformers") -> ExportPlan:
     """Check that the model fits the LLaVA format for `target`; raise ExportError naming what does not."""
     if target not in TARGETS:
         raise ExportError(f"unknown export target {target!r}; choose one of {TARGETS}")
-    if model.config.anyres is not None:
-        raise ExportError("an AnyRes model (tiles, image_newline): this export writes LLaVA-1.5's single-view format "
-                          "only, not LLaVA-NeXT's; keep using the minillava model folder")
     kind = model.config.vision.name
     if kind not in VISION_TOWER_KINDS:
         raise ExportError(
@@ -99,7 +102,37 @@ def plan_export(model: MiniLlava, target: str = "transformers") -> ExportPlan:
     if getattr(lm.config, "final_logit_softcapping", None):
         raise ExportError("an LM with final_logit_softcapping: transformers' LLaVA applies its own lm_head "
                           "without the cap, so its logits would differ from ours; choose another LM")
-    return ExportPlan(kind, int(layers[0]), "default" if drop == 1 else "full", prefix, PROJECTOR_ACTIVATIONS[name])
+    strategy = "default" if drop == 1 else "full"
+    if model.config.anyres is not None:
+        check_anyres(model, strategy)
+    return ExportPlan(kind, int(layers[0]), strategy, prefix, PROJECTOR_ACTIVATIONS[name])
+
+
+def check_anyres(model: MiniLlava, select_strategy: str) -> None:
+    """Raise ExportError for AnyRes settings that transformers' LLaVA-NeXT cannot reproduce."""
+    anyres = model.config.anyres
+    if not anyres.image_newline:
+        raise ExportError("AnyRes without image_newline: LLaVA-NeXT ends every row of the tile grid with a learned "
+                          "image_newline (its processor counts them, its model always adds them); train with "
+                          "image_newline on (drop --no-image-newline), or keep using the minillava model folder")
+    if anyres.max_views is not None:
+        raise ExportError(f"AnyRes token reduction (max_views {anyres.max_views}, LLaVA-OneVision's anyres_max_N): "
+                          "LLaVA-NeXT keeps every unpadded patch of the tiles; the LLaVA-OneVision layout is not "
+                          "exported yet; train without --anyres-max-views, or keep using the minillava model folder")
+    if select_strategy == "full" and model.vision.num_prefix_tokens:
+        raise ExportError("select 'full' on a tower with a CLS token: LLaVA-NeXT lays every token of a tile out as "
+                          "its patch grid and has no place for the tile's CLS (ours keeps it in the global view "
+                          "only); train with select 'default'")
+    tower = model.vision.tower.config
+    side = tower.image_size
+    if tuple(model.vision.transform.size) != (side, side):
+        raise ExportError(f"AnyRes views of {model.vision.transform.size} (height, width): LLaVA-NeXT cuts square "
+                          f"tiles at the tower config's image_size ({side}x{side}); train at the tower's own size")
+
+
+def hf_layout(model: MiniLlava) -> tuple[str, str]:
+    """(model_type, architecture) of the folder `export_hf_llava` writes for `model`."""
+    return FIXED_SIZE_LAYOUT if model.config.anyres is None else ANYRES_LAYOUT
 
 
 def export_hf_llava(model: MiniLlava, out: str | Path, target: str = "transformers",
@@ -167,9 +200,10 @@ def hf_config(model: MiniLlava, plan: ExportPlan, vocab_size: int, dtype: torch.
     lm_config = model.language_model.config
     dtype_name = str(dtype).removeprefix("torch.")
     tied = bool(lm_config.tie_word_embeddings)
-    return {
-        "architectures": ["LlavaForConditionalGeneration"],
-        "model_type": "llava",
+    model_type, architecture = hf_layout(model)
+    config = {
+        "architectures": [architecture],
+        "model_type": model_type,
         "vision_config": _sub_config(model.vision.tower.config, dtype=dtype_name),
         "text_config": _sub_config(lm_config, vocab_size=vocab_size, dtype=dtype_name),
         "image_token_index": model.image_token_id,
@@ -184,6 +218,9 @@ def hf_config(model: MiniLlava, plan: ExportPlan, vocab_size: int, dtype: torch.
         "dtype": dtype_name,
         "torch_dtype": dtype_name,
     }
+    if model.config.anyres is not None:
+        config["image_grid_pinpoints"] = [list(pinpoint) for pinpoint in model.config.anyres.grid_pinpoints]
+    return config
 
 
 def generation_config(model: MiniLlava, vocab_size: int) -> dict:
@@ -207,11 +244,16 @@ def write_processor(model: MiniLlava, plan: ExportPlan, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
     _make_tokenizer_config_portable(folder / "tokenizer_config.json", template)
     _drop_automatic_special_tokens(folder)
-    _write_json(folder / "preprocessor_config.json", preprocessor_config(model.vision.transform))
+    anyres = model.config.anyres
+    transform = model.vision.transform
+    image_config = (preprocessor_config(transform) if anyres is None
+                    else anyres_preprocessor_config(transform, anyres.grid_pinpoints))
+    _write_json(folder / "preprocessor_config.json", image_config)
     patch = model.vision.tower.config.patch_size
+    processor_class = "LlavaProcessor" if anyres is None else ANYRES_PROCESSOR
     _write_json(folder / "processor_config.json",
                 processor_config(patch, plan.select_strategy, plan.num_additional_image_tokens,
-                                 model.config.image_token))
+                                 model.config.image_token, processor_class))
     (folder / "chat_template.jinja").write_text(template)
     _write_json(folder / "chat_template.json", {"chat_template": template})  # read by transformers < 4.50
 

@@ -3,7 +3,8 @@
 Ours (MiniLlava.state_dict):  vision.tower.*, projector.body.{0,2}.*, language_model.<causal LM key>
 llava-hf (what every transformers version and vLLM load):
     vision_tower.vision_model.* (CLIP, SigLIP) or vision_tower.* (DINOv2), multi_modal_projector.linear_{1,2}.*,
-    language_model.model.*, language_model.lm_head.weight
+    language_model.model.*, language_model.lm_head.weight; llava_next (AnyRes) adds image_newline (ours:
+    projector.image_newline)
 llava-hf as transformers >= 4.52 names them in memory (some tools save these):
     model.vision_tower.*, model.multi_modal_projector.*, model.language_model.*, lm_head.weight
 Original LLaVA (LlavaLlamaForCausalLM):
@@ -23,6 +24,9 @@ VISION_TOWER_KINDS = ("clip", "siglip", "dinov2")
 # Our projector's Sequential indices <-> the LLaVA projector's names.
 PROJECTOR_TO_HF = {"0": "linear_1", "2": "linear_2"}
 PROJECTOR_FROM_HF = {hf: ours for ours, hf in PROJECTOR_TO_HF.items()}
+# LLaVA-NeXT's learned row end: a projector parameter in our model, a top-level tensor in llava_next checkpoints.
+OUR_IMAGE_NEWLINE = "projector.image_newline"
+HF_IMAGE_NEWLINE = "image_newline"
 
 # The first segment of an original-LLaVA key under `model.` that is not part of the language model.
 _ORIGINAL_NON_LM = ("mm_projector", "vision_tower")
@@ -46,6 +50,8 @@ def ours_to_hf(key: str, tower_kind: str) -> str:
         if not rest.startswith("tower."):
             raise LayoutError(f"vision tensor {key!r} is not under vision.tower")
         return "vision_tower." + tower_key_to_hf(rest[len("tower."):], tower_kind)
+    if key == OUR_IMAGE_NEWLINE:
+        return HF_IMAGE_NEWLINE
     if head == "projector":
         match = re.fullmatch(r"body\.(?:(\d+)\.)?(weight|bias)", rest)  # a linear projector's body has no index
         index = match and (match.group(1) or "0")

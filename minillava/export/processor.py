@@ -11,6 +11,9 @@ from minillava.data.transforms import ImageTransform
 # modes use CLIPImageProcessor, which every transformers version since 4.30 has.
 PAD_PROCESSOR = "LlavaImageProcessor"
 PLAIN_PROCESSOR = "CLIPImageProcessor"
+# AnyRes (LLaVA-NeXT tiles): the image processor and processor that llava_next folders name.
+ANYRES_IMAGE_PROCESSOR = "LlavaNextImageProcessor"
+ANYRES_PROCESSOR = "LlavaNextProcessor"
 
 
 class PreprocessingError(ValueError):
@@ -47,11 +50,34 @@ def preprocessor_config(transform: ImageTransform) -> dict[str, Any]:
     raise PreprocessingError(f"resize mode {transform.resize_mode!r} has no transformers equivalent")
 
 
+def anyres_preprocessor_config(transform: ImageTransform, grid_pinpoints: list[list[int]]) -> dict[str, Any]:
+    """A preprocessor_config.json for LlavaNextImageProcessor that cuts the views our AnyRes planner cuts.
+
+    It resizes the whole image to the view size (the global view), fits the image into the best grid resolution
+    and pads it (with black: our planner pads with the mean colour, as the original LLaVA-NeXT does; images that
+    fill their grid resolution get identical pixels), cuts tiles of crop_size.height, then resizes each view to
+    `size`, which for views already at that size changes nothing.
+    """
+    height, width = transform.size
+    if height != width:
+        raise PreprocessingError(f"{height}x{width} (non-square) views: LlavaNextImageProcessor cuts square tiles; "
+                                 "use a square image size")
+    return {
+        "image_processor_type": ANYRES_IMAGE_PROCESSOR, "processor_class": ANYRES_PROCESSOR,
+        "do_convert_rgb": True, "do_resize": True, "size": {"height": height, "width": width},
+        "resample": transform.resample, "do_center_crop": False, "crop_size": {"height": height, "width": width},
+        "do_rescale": True, "rescale_factor": transform.rescale_factor,
+        "do_normalize": True, "image_mean": list(transform.mean), "image_std": list(transform.std),
+        "do_pad": True,  # pads the batch to a common number of views, not the image
+        "image_grid_pinpoints": [list(pinpoint) for pinpoint in grid_pinpoints],
+    }
+
+
 def processor_config(patch_size: int, select_strategy: str, num_additional_image_tokens: int,
-                     image_token: str = IMAGE_PLACEHOLDER) -> dict[str, Any]:
+                     image_token: str = IMAGE_PLACEHOLDER, processor_class: str = "LlavaProcessor") -> dict[str, Any]:
     """LlavaProcessor's settings: it expands each image token into (H/patch)*(W/patch) + additional tokens,
-    minus one under the "default" strategy."""
-    return {"processor_class": "LlavaProcessor", "image_token": image_token, "patch_size": patch_size,
+    minus one under the "default" strategy (LlavaNextProcessor: plus the tiles' unpadded patches and row ends)."""
+    return {"processor_class": processor_class, "image_token": image_token, "patch_size": patch_size,
             "vision_feature_select_strategy": select_strategy,
             "num_additional_image_tokens": num_additional_image_tokens}
 
