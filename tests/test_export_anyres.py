@@ -141,3 +141,35 @@ def test_export_command_writes_llava_next(tiny_towers, tiny_llms, tmp_path, caps
     ids = hf_inputs(processor, image)["input_ids"]
     model = MiniLlava.from_pretrained(folder)
     assert int((ids == model.image_token_id).sum()) == model.image_planner.plan(image).tokens
+
+
+def test_export_import_export_keeps_the_anyres_model(exported, tmp_path):
+    model, out, _, _ = exported
+    assert main(["import", "--from", str(out), "--out", str(tmp_path / "imported")]) == 0
+    imported = MiniLlava.from_pretrained(tmp_path / "imported")
+    assert imported.config.anyres == model.config.anyres
+    torch.testing.assert_close(imported.projector.image_newline, model.projector.image_newline, rtol=0, atol=0)
+    again = export_hf_llava(imported, tmp_path / "hf")
+    for name in ("config.json", "preprocessor_config.json", "processor_config.json"):
+        assert json.loads((out / name).read_text()) == json.loads((again / name).read_text()), name
+    with safe_open(str(out / "model.safetensors"), "pt") as a, safe_open(str(again / "model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(key), b.get_tensor(key)) for key in a.keys())
+    image = noise(*PADDED[0])  # ours on both sides: the mean-colour padding too
+    assert imported.image_planner.plan(image) == model.image_planner.plan(image)
+    torch.testing.assert_close(imported.pixel_values([image]), model.pixel_values([image]), rtol=0, atol=0)
+    assert imported.ask(QUESTION, [image], max_new_tokens=8) == model.ask(QUESTION, [image], max_new_tokens=8)
+
+
+def test_import_refuses_other_llava_families(exported, tmp_path):
+    import shutil
+
+    from minillava.export.importer import CheckpointError, import_llava
+
+    _, out, _, _ = exported
+    source = tmp_path / "onevision"
+    shutil.copytree(out, source)
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "model_type": "llava_onevision"}))
+    with pytest.raises(CheckpointError, match="model_type 'llava_onevision' is not supported"):
+        import_llava(source, tmp_path / "model")

@@ -2,7 +2,9 @@
 
 Two layouts are read:
 - llava-hf (e.g. llava-hf/llava-1.5-7b-hf): config.json with vision_config / text_config, weights named
-  vision_tower.*, multi_modal_projector.*, language_model.* (or transformers' in-memory names);
+  vision_tower.*, multi_modal_projector.*, language_model.* (or transformers' in-memory names); llava_next
+  (LLaVA-NeXT, e.g. what `minillava export` writes for AnyRes models) adds image_grid_pinpoints and
+  image_newline, and becomes an AnyRes model;
 - original LLaVA (LlavaLlamaForCausalLM): config.json with mm_vision_tower, mm_projector_type,
   mm_vision_select_layer, mm_vision_select_feature; weights model.*, lm_head.weight, model.mm_projector.*,
   optionally model.vision_tower.vision_tower.*; or a stage-1 folder holding only mm_projector.bin.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoTokenizer, LlavaConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, LlavaConfig, LlavaNextConfig, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import cached_file
 
@@ -30,7 +32,7 @@ from minillava.data.transforms import ImageTransform
 from minillava.export.keys import split_hf, split_original, tower_key_to_hf
 from minillava.export.processor import FLATTEN_CONTENT_PREFIX
 from minillava.export.weights import load_tensors, save_sharded, weight_files
-from minillava.model.config import MiniLlavaConfig, VisionConfig
+from minillava.model.config import AnyResConfig, MiniLlavaConfig, VisionConfig
 from minillava.model.embedded import resolve_tower
 from minillava.model.language import resolve_llm
 from minillava.model.llava import WEIGHTS_NAME
@@ -54,6 +56,8 @@ ORIGINAL_ARCHITECTURES = {
 ORIGINAL_SELECT = {"patch": "default", "cls_patch": "full"}
 # LLaVA's image_aspect_ratio -> ours; anything else (anyres, ...) is refused.
 ORIGINAL_ASPECTS = {"pad": "pad", "square": "crop", None: "crop"}
+# llava-hf model types we read -> their config class (which fills what older files leave to its defaults).
+HF_CONFIGS = {"llava": LlavaConfig, "llava_next": LlavaNextConfig}
 # llava-hf projector activations we reproduce exactly: GELU (erf) -> mlp2x_gelu; identity -> one linear layer.
 HF_ACTIVATIONS = {"gelu": "mlp2x_gelu", "linear": "linear"}
 
@@ -126,7 +130,10 @@ def import_llava(source: str | Path, out: str | Path, vision: str | None = None,
 # -- llava-hf ---------------------------------------------------------------------------------------------------
 def _import_hf(source: Path, raw: dict, tmp: Path, out: Path, vision: str | None, llm: str | None
                ) -> tuple[MiniLlavaConfig, dict[str, torch.Tensor], PreTrainedTokenizerBase]:
-    config = LlavaConfig.from_dict(raw)  # fills what older files leave to the class defaults
+    model_type = raw.get("model_type", "llava")
+    if model_type not in HF_CONFIGS:
+        raise CheckpointError(f"{source}: model_type {model_type!r} is not supported; supported: {sorted(HF_CONFIGS)}")
+    config = HF_CONFIGS[model_type].from_dict(raw)
     vision_type = config.vision_config.model_type
     if vision_type not in HF_MODEL_TYPES:
         raise CheckpointError(f"{source}: vision tower type {vision_type!r} is not supported; "
@@ -151,8 +158,11 @@ def _import_hf(source: Path, raw: dict, tmp: Path, out: Path, vision: str | None
                  _find_file(str(source), "preprocessor_config.json"))
     aspect = ImageTransform.from_hf_preprocessor(tmp / VISION_FOLDER).resize_mode
 
-    projector = _hf_projector({k: tensors[v] for k, v in groups["projector"].items()}, act,
-                              getattr(config, "multimodal_projector_bias", True), source)
+    parts = {k: tensors[v] for k, v in groups["projector"].items()}
+    projector = _hf_projector(parts, act, getattr(config, "multimodal_projector_bias", True), source)
+    anyres = _hf_anyres(config, parts, source)
+    if anyres is not None:
+        projector["image_newline"] = parts["image_newline"]
     lm = {k: tensors[v] for k, v in groups["language_model"].items()}
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.chat_template = _text_template(_processor_template(source) or tokenizer.chat_template)
@@ -166,9 +176,19 @@ def _import_hf(source: Path, raw: dict, tmp: Path, out: Path, vision: str | None
                             feature_layer=list(layer) if isinstance(layer, list | tuple) else int(layer),
                             select=strategy, image_aspect=aspect),
         projector=HF_ACTIVATIONS[act], llm=str(out / LM_FOLDER),
-        image_token=tokenizer.convert_ids_to_tokens(config.image_token_index),
+        image_token=tokenizer.convert_ids_to_tokens(config.image_token_index), anyres=anyres,
     )
     return model_config, projector, tokenizer
+
+
+def _hf_anyres(config: LlavaConfig | LlavaNextConfig, parts: dict[str, torch.Tensor], source: Path
+               ) -> AnyResConfig | None:
+    """LLaVA-NeXT's tiling as our AnyRes setting; None for a fixed-size llava checkpoint."""
+    if not isinstance(config, LlavaNextConfig):
+        return None
+    if "image_newline" not in parts:
+        raise CheckpointError(f"{source}: a llava_next checkpoint without the image_newline tensor")
+    return AnyResConfig([list(pinpoint) for pinpoint in config.image_grid_pinpoints])
 
 
 def _hf_projector(parts: dict[str, torch.Tensor], act: str, bias: bool, source: Path) -> dict[str, torch.Tensor]:

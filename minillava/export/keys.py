@@ -67,8 +67,9 @@ def split_hf(keys: Iterable[str]) -> dict[str, dict[str, str]]:
     """Group llava-hf checkpoint keys by component: {"vision"|"projector"|"language_model": {key: component key}}.
 
     Component keys are what the standalone model expects: the tower's own names (`vision_model.*` kept), the
-    projector's `{0,2}.{weight,bias}`, and the causal LM's own names (`model.*`, `lm_head.weight`). Both the
-    original names and transformers' in-memory names (`model.language_model.*`, ...) are understood.
+    projector's `{0,2}.{weight,bias}` (and llava_next's `image_newline`), and the causal LM's own names
+    (`model.*`, `lm_head.weight`). Both the original names and transformers' in-memory names
+    (`model.language_model.*`, ...) are understood.
     """
     groups: dict[str, dict[str, str]] = {"vision": {}, "projector": {}, "language_model": {}}
     for key in keys:
@@ -80,6 +81,8 @@ def split_hf(keys: Iterable[str]) -> dict[str, dict[str, str]]:
                 continue
         if key_in == "lm_head.weight":
             groups["language_model"]["lm_head.weight"] = key
+        elif key_in == HF_IMAGE_NEWLINE:  # llava_next; ours keeps it with the projector
+            groups["projector"][OUR_IMAGE_NEWLINE.removeprefix("projector.")] = key
         elif key_in.startswith("vision_tower."):
             groups["vision"][key_in[len("vision_tower."):]] = key
         elif key_in.startswith("multi_modal_projector."):
