@@ -151,11 +151,6 @@ def export_hf_llava(model: MiniLlava, out: str | Path, target: str = "transforme
         _write_json(tmp / "generation_config.json", generation_config(model, vocab_size))
         write_processor(model, plan, tmp)
     log.info("exported %s (%s tower, %d tokens per image) to %s", target, plan.tower_kind, model.tokens_per_image, out)
-    if model.config.anyres is not None:
-        # LlavaNextImageProcessor has no padding colour setting; said once per export so that no one is surprised.
-        log.warning("transformers pads AnyRes tiles with black where minillava pads with the mean colour %s: "
-                    "images that do not fill their grid resolution get other pixels at the padded borders",
-                    model.vision.transform.background)
     return out
 
 

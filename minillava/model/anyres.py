@@ -25,9 +25,10 @@ def anyres_planner(config: AnyResConfig, vision: VisionEncoder, projector: Proje
         raise ValueError("AnyRes views are made at the tower's size, and this transform would crop them again "
                          f"(shortest edge {transform.crop_shortest_edge}, then {transform.size}): "
                          "use image_aspect pad or squash")
+    # Tiles are padded with black, as transformers' and vLLM's LLaVA-NeXT processors do (the original repository
+    # used the mean colour), so that an exported model sees the pixels it was trained on.
     return AnyResPlanner(tuple(tuple(p) for p in config.grid_pinpoints), transform.size, patches,
-                         vision.num_tokens, config.image_newline, config.max_views, transform.background,
-                         transform.resample)
+                         vision.num_tokens, config.image_newline, config.max_views, (0, 0, 0), transform.resample)
 
 
 def add_image_newline(projector: Projector, width: int) -> None:
