@@ -66,17 +66,8 @@ def image_size(source: ImageSource) -> tuple[int, int]:
         source = io.BytesIO(source)
     elif not isinstance(source, str | Path):
         raise TypeError(f"cannot read an image size from a {type(source).__name__}; pass a path, bytes or a PIL image")
-    try:
-        with Image.open(source) as image:  # lazy: reads the header only
-            return _oriented_size(image)
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(_pillow_limit_message(name, err, DEFAULT_MAX_PIXELS)) from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image, or a format Pillow cannot read") from None
-    except DECODE_ERRORS as err:
-        raise ImageError(f"{name}: cannot open: {err}") from None
+    with _open_lazily(source, name, DEFAULT_MAX_PIXELS) as image:
+        return _oriented_size(image)
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
@@ -93,15 +84,10 @@ def _source_name(source: ImageSource) -> str:
     return str(source)
 
 
-def _open_and_decode(
-    fp: str | Path | io.BytesIO,
-    name: str,
-    background: tuple[int, int, int],
-    max_pixels: int | None,
-    min_side: int | None,
-) -> Image.Image:
+def _open_lazily(fp: str | Path | io.BytesIO, name: str, max_pixels: int | None) -> Image.Image:
+    """Image.open, which reads the header only, with each failure as an ImageError naming the source."""
     try:
-        image = Image.open(fp)  # lazy: reads the header only
+        return Image.open(fp)
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -114,7 +100,16 @@ def _open_and_decode(
         raise ImageError(f"{name}: not an image, or a format Pillow cannot read") from None
     except DECODE_ERRORS as err:
         raise ImageError(f"{name}: cannot open: {err}") from None
-    with image:
+
+
+def _open_and_decode(
+    fp: str | Path | io.BytesIO,
+    name: str,
+    background: tuple[int, int, int],
+    max_pixels: int | None,
+    min_side: int | None,
+) -> Image.Image:
+    with _open_lazily(fp, name, max_pixels) as image:
         _check_pixels(image.size, max_pixels, name)
         if min_side is not None:
             image.draft(None, (min_side, min_side))  # a no-op for formats other than JPEG
