@@ -18,6 +18,11 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 from minillava.export.keys import tower_key_to_hf
 
 TOWERS = ("clip", "siglip")
+# Why the other encoders have no mmproj, by their exact names.
+UNSUPPORTED_TOWERS = {
+    "efficientnet-lite0": "a CNN: mtmd's graphs are vision transformers",
+    "dinov2": "mtmd's LLaVA graph is CLIP/SigLIP-shaped (no layer scale, no register tokens)",
+}
 PROJECTOR = "mlp2x_gelu"  # llama.cpp's "mlp": mm.0 -> GELU -> mm.2
 # The tower's feed-forward activation -> the mmproj flag that selects it in llama.cpp (none: quick GELU).
 ACTIVATION_FLAGS = {"quick_gelu": None, "gelu_pytorch_tanh": "clip.use_gelu", "gelu_new": "clip.use_gelu"}
@@ -55,8 +60,7 @@ def plan_mmproj(model) -> MmprojPlan:
         raise MmprojError("an AnyRes model: this mmproj is LLaVA-1.5's single-view graph; AnyRes is not exported yet")
     kind = model.config.vision.name
     if kind not in TOWERS:
-        why = ("a CNN: mtmd's graphs are vision transformers" if kind.startswith("efficientnet")
-               else "mtmd's LLaVA graph is CLIP/SigLIP-shaped (no layer scale, no register tokens)")
+        why = UNSUPPORTED_TOWERS.get(kind, "mtmd's LLaVA graph is CLIP/SigLIP-shaped")
         raise MmprojError(f"vision encoder {kind!r} cannot be written as an mmproj GGUF ({why}); train with a "
                           f"CLIP or SigLIP tower for llama.cpp, or export the tower with --format onnx")
     if model.config.projector != PROJECTOR:
