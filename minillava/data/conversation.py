@@ -9,6 +9,7 @@ from typing import Literal
 from PIL import Image
 
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"  # in data files and chat text; read as an IMAGE_PLACEHOLDER standing for a video
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -17,7 +18,30 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 # "plain": LLaVA-Pretrain style, the prompt is the image(s) alone and the target the caption.
 Template = Literal["chat", "plain"]
 
-ImageSource = str | Path | bytes | Image.Image
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video: a file (any container PyAV decodes), its encoded bytes, or a folder of frame images in name order.
+
+    It is sampled to `frames` frames spread evenly over it (None: the model's `video.frames`); each frame is one
+    view of the vision encoder. In a conversation a video fills one `<image>` marker, like an image.
+    """
+
+    source: str | Path | bytes
+    frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.frames < 1:
+            raise ValueError(f"a video is sampled to at least 1 frame, not {self.frames}")
+
+    @property
+    def name(self) -> str:
+        return "<video bytes>" if isinstance(self.source, bytes) else str(self.source)
+
+
+# What a conversation's `images` hold, in marker order: images (path, bytes, PIL) and videos.
+ImageSource = str | Path | bytes | Image.Image | Video
 
 
 @dataclass

@@ -17,8 +17,10 @@ from itertools import accumulate
 
 from transformers import PreTrainedTokenizerBase
 
-from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, SampleError, Turn
+from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, SampleError, Turn, Video
 from minillava.data.image_plan import ImagePlan, ImagePlanner, SingleViewPlanner
+from minillava.data.images import ImageError
+from minillava.data.video import VideoPlanner
 
 IGNORE_INDEX = -100
 SHARED_BLOCK = 0  # block id of the tokens every block sees (the template's opening and the image slots)
@@ -70,11 +72,13 @@ class EncodedPair:
 
 class ConversationEncoder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_token_id: int, planner: ImagePlanner | int,
-                 max_length: int | None = None):
-        """`planner` decides each image's slot count; a number is a fixed-size model's count for every image."""
+                 max_length: int | None = None, video_planner: VideoPlanner | None = None):
+        """`planner` decides each image's slot count; a number is a fixed-size model's count for every image.
+        `video_planner` plans the videos; None: videos are refused."""
         self.tokenizer = tokenizer
         self.image_token_id = image_token_id
         self.planner = SingleViewPlanner(planner) if isinstance(planner, int) else planner
+        self.video_planner = video_planner
         self.max_length = max_length
         self.special_ids = set(tokenizer.all_special_ids) - {image_token_id}
         self.end_of_turn_id = self._find_end_of_turn()
@@ -211,7 +215,22 @@ class ConversationEncoder:
         return EncodedPair(*sides)
 
     def plan_images(self, conversation: Conversation) -> list[ImagePlan]:
-        return [self.planner.plan(image) for image in conversation.images]
+        """Each image's and video's plan, from headers only; a source that cannot be planned is the sample's error."""
+        plans = []
+        for number, source in enumerate(conversation.images, start=1):
+            try:
+                plans.append(self.plan_image(source))
+            except ImageError as err:
+                raise SampleError(f"image {number} of {len(conversation.images)}: {err}",
+                                  sample_id=conversation.id) from None
+        return plans
+
+    def plan_image(self, source: ImageSource) -> ImagePlan:
+        if not isinstance(source, Video):
+            return self.planner.plan(source)
+        if self.video_planner is None:
+            raise ImageError(f"{source.name}: this model takes no video")
+        return self.video_planner.plan(source)
 
     def _expand_images(self, ids: list[int], labels: list[int], plans: list[ImagePlan],
                        conversation: Conversation) -> tuple[list[int], list[int]]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CONFIG_NAME = "config.json"
-FORMAT_VERSION = 2  # 2: the anyres setting
+FORMAT_VERSION = 3  # 2: the anyres setting; 3: the video settings
 # Per encoder, where it differs from LLaVA's penultimate layer (-2). EfficientNet-Lite0: blocks 10 and 15 keep
 # colour and shape, which its 1280-channel head loses (see minillava/model/vision/efficientnet.py).
 DEFAULT_FEATURE_LAYERS: dict[str, int | list[int]] = {"efficientnet-lite0": [11, 16]}
@@ -59,6 +59,20 @@ class AnyResConfig:
 
 
 @dataclass
+class VideoConfig:
+    """How a video becomes tokens: `frames` sampled evenly (a sample or request may ask for others, up to
+    `max_frames`), each one view at the tower's size whose token grid shrinks by `pool` per side."""
+
+    frames: int = 8
+    max_frames: int = 32
+    pool: int = 2  # LLaVA-OneVision's 2x2 (bilinear); 1 keeps every token of every frame
+
+    def __post_init__(self) -> None:
+        if min(self.frames, self.max_frames, self.pool) < 1 or self.frames > self.max_frames:
+            raise ValueError(f"video settings {self}: need 1 <= frames <= max_frames and pool >= 1")
+
+
+@dataclass
 class MiniLlavaConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: str = "mlp2x_gelu"
@@ -70,13 +84,21 @@ class MiniLlavaConfig:
     chat_template: str | None = None
     stored: list[str] = field(default_factory=lambda: ["projector"])  # components saved in model.safetensors
     anyres: AnyResConfig | None = None  # None: every image is one view at the tower's size
+    video: VideoConfig = field(default_factory=VideoConfig)
     version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
+        """Settings left at their defaults are left out, with the oldest format version that reads the rest."""
         data = asdict(self)
-        if self.anyres is None:  # the format older minillava reads: no anyres key, version 1
+        data["version"] = 1
+        if self.anyres is None:
             del data["anyres"]
-            data["version"] = 1
+        else:
+            data["version"] = 2
+        if self.video == VideoConfig():
+            del data["video"]
+        else:
+            data["version"] = 3
         return data
 
     @classmethod
@@ -94,6 +116,7 @@ class MiniLlavaConfig:
         data["vision"] = VisionConfig(**vision)
         if data.get("anyres") is not None:
             data["anyres"] = AnyResConfig(**data["anyres"])
+        data["video"] = VideoConfig(**data.get("video", {}))
         return cls(**data)
 
     def save(self, folder: str | Path) -> None:

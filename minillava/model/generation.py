@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from minillava.data.collate import Batch
-from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, Turn
+from minillava.data.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Conversation, ImageSource, Turn
 from minillava.model.kv_cache import PreallocatedCache
 from minillava.model.sampling import GenerationConfig, choose_next
 
@@ -23,7 +23,9 @@ class Generation:
 
 
 def build_prompt(text: str, images: Sequence[ImageSource] = (), system: str | None = None) -> Conversation:
-    """A one-turn conversation; images go first unless the text places its own `<image>` markers."""
+    """A one-turn conversation; images (and videos) go first unless the text places its own `<image>` (or
+    `<video>`) markers."""
+    text = text.replace(VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER)
     if images and IMAGE_PLACEHOLDER not in text:
         text = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in images) + text
     turns = ([Turn("system", system)] if system else []) + [Turn("user", text)]

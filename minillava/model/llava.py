@@ -13,13 +13,14 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from minillava.data.collate import Batch, collate
-from minillava.data.conversation import Conversation, ImageSource
+from minillava.data.conversation import Conversation, ImageSource, Video
 from minillava.data.image_plan import ImagePlan, ImagePlanner, SingleViewPlanner
-from minillava.data.images import load_images
+from minillava.data.images import load_image
 from minillava.data.tokenize import IGNORE_INDEX, ConversationEncoder
+from minillava.data.video import VideoError, load_frames
 from minillava.model.anyres import add_image_newline, anyres_planner
 from minillava.model.blocks import block_attention_mask
-from minillava.model.config import AnyResConfig, MiniLlavaConfig
+from minillava.model.config import AnyResConfig, MiniLlavaConfig, VideoConfig
 from minillava.model.cpu_linear import use_onednn_linears
 from minillava.model.generation import Generation, GenerationRun, build_prompt, generate, stream
 from minillava.model.image_slots import check_image_slots
@@ -27,6 +28,7 @@ from minillava.model.language import load_language_model, load_tokenizer, resolv
 from minillava.model.projectors import Projector, build_projector
 from minillava.model.sampling import GenerationConfig
 from minillava.model.templates import resolve_chat_template
+from minillava.model.video import video_planner
 from minillava.model.vision import VISION_ENCODERS, VisionEncoder
 from minillava.model.vision.resolve import vision_config_for
 
@@ -60,7 +62,8 @@ class MiniLlava(nn.Module):
         self.tokens_per_image = projector.num_tokens(vision.num_tokens)
         planner = (SingleViewPlanner(self.tokens_per_image) if config.anyres is None
                    else anyres_planner(config.anyres, vision, projector))
-        self.encoder = ConversationEncoder(tokenizer, self.image_token_id, planner, config.max_length)
+        self.encoder = ConversationEncoder(tokenizer, self.image_token_id, planner, config.max_length,
+                                           video_planner(config.video, vision, projector))
         use_onednn_linears(self)  # faster float32 inference on CPU; training and other dtypes unchanged
 
     # -- building, saving, loading ------------------------------------------------------------------------
@@ -83,12 +86,13 @@ class MiniLlava(nn.Module):
     def from_components(cls, vision: str = "efficientnet-lite0", llm: str = "smollm2-135m-instruct",
                         projector: str = "mlp2x_gelu", seed: int = 0, dtype: torch.dtype = torch.float32,
                         chat_template: str | None = None, anyres: AnyResConfig | None = None,
-                        **vision_options) -> MiniLlava:
+                        video: VideoConfig | None = None, **vision_options) -> MiniLlava:
         """A new model from an encoder and a language model (names, folders or hub ids); `chat_template` (a
-        model.templates name or a Jinja file) replaces the language model's own; `anyres` tiles every image."""
+        model.templates name or a Jinja file) replaces the language model's own; `anyres` tiles every image;
+        `video` says how videos are sampled and pooled (None: the defaults)."""
         config = MiniLlavaConfig(vision=vision_config_for(vision, **vision_options), projector=projector, llm=llm,
                                  chat_template=None if chat_template is None else resolve_chat_template(chat_template),
-                                 anyres=anyres)
+                                 anyres=anyres, video=video or VideoConfig())
         torch.manual_seed(seed)
         return cls.build(config, dtype=dtype)
 
@@ -152,21 +156,27 @@ class MiniLlava(nn.Module):
         return collate([s.input_ids for s in samples], labels, self.tokenizer.pad_token_id, pixels, left_pad,
                        image_plans=[s.image_plans for s in samples])
 
-    def pixel_values(self, images: Sequence, plans: Sequence[ImagePlan] | None = None) -> torch.Tensor:
-        """Every image's views as the plan makes them, sized by the transform: (total views, 3, H, W), image after
-        image; `plans` default to the planner's plans of `images`."""
+    def pixel_values(self, images: Sequence[ImageSource], plans: Sequence[ImagePlan] | None = None) -> torch.Tensor:
+        """Every image's views as the plan makes them (a video's: its sampled frames), sized by the transform:
+        (total views, 3, H, W), image after image; `plans` default to the planners' plans of `images`."""
         transform = self.vision.transform
         if plans is None:
-            plans = [self.image_planner.plan(image) for image in images]
+            plans = [self.encoder.plan_image(image) for image in images]
         # Large JPEGs decode at a reduced scale that still covers the target size (AnyRes: its largest grid).
         anyres = self.config.anyres
         side = max(transform.size) if anyres is None else max(max(pinpoint) for pinpoint in anyres.grid_pinpoints)
-        loaded = load_images(images, background=transform.background, min_side=side)
         views = []
-        for image, plan in zip(loaded, plans, strict=True):
-            made = self.image_planner.views(image, plan)
+        for source, plan in zip(images, plans, strict=True):
+            if isinstance(source, Video):
+                made = load_frames(source, plan.views)
+                if len(made) != plan.views:
+                    raise VideoError(f"{source.name}: {len(made)} frames decode, and its header promised "
+                                     f"{plan.views}")
+            else:
+                made = self.image_planner.views(load_image(source, background=transform.background, min_side=side),
+                                                plan)
             if len(made) != plan.views:
-                raise ValueError(f"the image planner made {len(made)} views of an image it planned {plan.views} for")
+                raise ValueError(f"{len(made)} views made of an image planned for {plan.views}")
             views += made
         return transform(views)
 

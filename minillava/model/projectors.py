@@ -32,6 +32,10 @@ class Projector(nn.Module):
     def num_tokens(self, num_input_tokens: int) -> int:
         return num_input_tokens
 
+    def output_grid(self, grid: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The rows, columns of the tokens it makes from tokens in `grid` (None: no grid)."""
+        return grid
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.body(features)
 
@@ -50,6 +54,10 @@ class PixelShuffleProjector(Projector):
     def num_tokens(self, num_input_tokens: int) -> int:
         rows, cols = self.grid
         return math.ceil(rows / self.scale) * math.ceil(cols / self.scale)
+
+    def output_grid(self, grid: tuple[int, int] | None) -> tuple[int, int] | None:
+        rows, cols = self.grid
+        return math.ceil(rows / self.scale), math.ceil(cols / self.scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch, _, dim = features.shape
