@@ -7,7 +7,8 @@ import sys
 
 from minillava.cli.model import DTYPES
 
-HELP = "/image PATH attaches an image to your next message, /reset starts over, /quit leaves"
+HELP = ("/image PATH attaches an image to your next message, /video PATH a video (a file or a folder of frames), "
+        "/reset starts over, /quit leaves")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -15,6 +16,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     chat.add_argument("prompt", nargs="?", default=None, help="answer this one message and exit")
     chat.add_argument("--model", required=True, help="a model folder")
     chat.add_argument("--image", action="append", default=[], help="an image for the first message (repeatable)")
+    chat.add_argument("--video", action="append", default=[],
+                      help="a video file or a folder of frames for the first message (repeatable)")
+    chat.add_argument("--frames", type=int, default=None,
+                      help="frames sampled from each video; default: the model's video.frames")
     chat.add_argument("--system", default=None, help="a system message")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -25,6 +30,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from minillava.data.conversation import Video
     from minillava.model import GenerationConfig, MiniLlava
     from minillava.serve.chat import ChatSession
 
@@ -34,6 +40,8 @@ def run_chat(args: argparse.Namespace) -> int:
     session = ChatSession(model, config, system=args.system)
     for image in args.image:
         session.attach(image)
+    for video in args.video:
+        session.attach(Video(video, args.frames))
     if args.prompt is not None:
         answer(session, args.prompt)
         return 0
@@ -72,6 +80,7 @@ def answer(session, text: str) -> None:
 
 def command(session, line: str) -> bool:
     """Run one /command; False means quit."""
+    from minillava.data.conversation import Video
     from minillava.data.images import ImageError
 
     name, _, rest = line.partition(" ")
@@ -86,6 +95,12 @@ def command(session, line: str) -> bool:
             note(f"(image attached to your next message: {rest.strip()})")
         except ImageError as err:
             note(f"(image not attached: {err})")
+    elif name == "/video" and rest.strip():
+        try:
+            session.attach(Video(rest.strip()))
+            note(f"(video attached to your next message: {rest.strip()})")
+        except ImageError as err:
+            note(f"(video not attached: {err})")
     else:
         note(f"(unknown command {line!r}: {HELP})")
     return True

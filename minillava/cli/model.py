@@ -41,6 +41,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--anyres-max-views", type=int, default=None, metavar="N",
                       help="AnyRes token reduction (LLaVA-OneVision's anyres_max_N): shrink a tile grid of more "
                            "patches than about N views to that budget; default: no reduction")
+    init.add_argument("--video-frames", type=int, default=8, metavar="N",
+                      help="frames sampled evenly from each video (a sample or request may ask for others)")
+    init.add_argument("--video-max-frames", type=int, default=32, metavar="N", help="the most one video may ask for")
+    init.add_argument("--video-pool", type=int, default=2, metavar="P",
+                      help="shrink each frame's token grid by P per side (bilinear); 1 keeps every token")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", required=True, help="the model folder to write")
     init.set_defaults(run=run_init)
@@ -48,6 +53,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     gen = commands.add_parser("generate", help="answer one prompt about an image")
     gen.add_argument("--model", required=True, help="a model folder")
     gen.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
+    gen.add_argument("--video", action="append", default=[],
+                     help="a video file or a folder of frames (repeatable); after the images")
+    gen.add_argument("--frames", type=int, default=None,
+                     help="frames sampled from each video; default: the model's video.frames")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--system", default=None, help="a system message")
     gen.add_argument("--max-new-tokens", type=int, default=128)
@@ -74,7 +83,7 @@ def parse_pinpoints(text: str) -> list[list[int]]:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    from minillava.model import AnyResConfig, MiniLlava
+    from minillava.model import AnyResConfig, MiniLlava, VideoConfig
 
     anyres = None if args.anyres is None else AnyResConfig(args.anyres, image_newline=not args.no_image_newline,
                                                            max_views=args.anyres_max_views)
@@ -84,7 +93,8 @@ def run_init(args: argparse.Namespace) -> int:
     model = MiniLlava.from_components(args.vision, args.llm, args.projector, seed=args.seed,
                                       feature_layer=layer, select=args.select, image_aspect=args.image_aspect,
                                       position_channels=args.position_channels, color_cells=args.color_cells,
-                                      chat_template=args.chat_template, anyres=anyres)
+                                      chat_template=args.chat_template, anyres=anyres,
+                                      video=VideoConfig(args.video_frames, args.video_max_frames, args.video_pool))
     model.save_pretrained(args.out)
     tokens = (f"{model.tokens_per_image} tokens per image" if anyres is None else
               f"AnyRes over {args.anyres}, {model.tokens_per_image} tokens per view")
@@ -93,6 +103,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from minillava.data.conversation import Video
     from minillava.model import GenerationConfig, MiniLlava, build_prompt
 
     model = MiniLlava.from_pretrained(args.model, dtype=DTYPES[args.dtype])
@@ -104,7 +115,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     for line in ood_lines(model, args.model, args.image):
         print(line, file=sys.stderr)
-    run = model.stream([build_prompt(args.prompt, args.image, system=args.system)], config)
+    media = [*args.image, *(Video(video, args.frames) for video in args.video)]
+    run = model.stream([build_prompt(args.prompt, media, system=args.system)], config)
     for deltas in run:
         if not args.no_stream:
             print(deltas[0], end="", flush=True)

@@ -24,6 +24,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-images-per-prompt", type=int, default=4)
     serve.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024)
     serve.add_argument("--max-image-pixels", type=int, default=50_000_000)
+    serve.add_argument("--max-videos-per-prompt", type=int, default=1, help="video_url parts per request; 0: none")
+    serve.add_argument("--max-video-bytes", type=int, default=50 * 1024 * 1024)
     serve.add_argument("--max-queue", type=int, default=128, help="waiting requests; more get HTTP 429")
     serve.add_argument("--max-batch-size", type=int, default=16, help="requests generated together")
     serve.add_argument("--batch-wait-ms", type=float, default=10.0,
@@ -53,6 +55,8 @@ def run_serve(args: argparse.Namespace) -> int:
         remote_timeout_s=args.remote_timeout,
         max_images_per_prompt=args.max_images_per_prompt,
         max_image_bytes=args.max_image_bytes,
+        max_videos_per_prompt=args.max_videos_per_prompt,
+        max_video_bytes=args.max_video_bytes,
         max_image_pixels=args.max_image_pixels,
         max_queue=args.max_queue,
         max_batch_size=args.max_batch_size,

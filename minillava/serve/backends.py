@@ -113,9 +113,10 @@ def _raise_for_error(status: int, text: str) -> None:
 class LocalChat:
     """A model in this process; requests take turns (one model, one generation at a time)."""
 
-    def __init__(self, model, max_images: int = 8):
+    def __init__(self, model, max_images: int = 8, max_videos: int = 2):
         self.model = model
         self.max_images = max_images
+        self.max_videos = max_videos
         self._lock = threading.Lock()
 
     @classmethod
@@ -127,20 +128,28 @@ class LocalChat:
         return cls(MiniLlava.from_pretrained(folder, dtype=getattr(torch, dtype)).eval())
 
     def stream(self, messages: list[dict], settings: Settings) -> Reply:
+        from minillava.data.conversation import Video
+        from minillava.data.images import ImageError
         from minillava.model import GenerationConfig
         from minillava.serve.config import ServeConfig
         from minillava.serve.convert import to_conversation
         from minillava.serve.errors import APIError
-        from minillava.serve.media import read_image_url
+        from minillava.serve.media import read_image_url, read_video_url
         from minillava.serve.schemas import Message
 
-        data_urls_only = ServeConfig()  # what the UI sends: images inline as data URLs
+        data_urls_only = ServeConfig()  # what the UI sends: images and videos inline as data URLs
         try:
             conversation = to_conversation([Message.model_validate(m) for m in messages],
                                            lambda url, param: read_image_url(url, data_urls_only, param),
-                                           self.max_images)
+                                           self.max_images,
+                                           lambda url, param: Video(read_video_url(url, data_urls_only, param)),
+                                           self.max_videos)
+            for media in conversation.images:
+                self.model.encoder.plan_image(media)
         except APIError as err:
             raise BackendError(err.message) from None
+        except ImageError as err:
+            raise BackendError(str(err)) from None
         config = GenerationConfig(max_new_tokens=settings.max_tokens, temperature=settings.temperature,
                                   top_p=settings.top_p)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, Turn
+from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, Turn, Video
 from minillava.data.images import load_image
 from minillava.model.generation import Generation
 from minillava.model.sampling import GenerationConfig
@@ -28,8 +28,13 @@ class ChatSession:
         self.pending: list[ImageSource] = []
 
     def attach(self, image: ImageSource) -> None:
-        """Load the image now, so that a bad path fails here and not in the middle of a reply."""
-        self.pending.append(load_image(image))
+        """Load the image now (a video: read its header), so that a bad path fails here and not in the middle of a
+        reply."""
+        if isinstance(image, Video):
+            self.model.encoder.plan_image(image)
+            self.pending.append(image)
+        else:
+            self.pending.append(load_image(image))
 
     def stream(self, text: str) -> Iterator[str]:
         """The reply's text as it is generated; the exchange joins the history once the reply is complete."""

@@ -17,6 +17,8 @@ class ServeConfig:
     remote_timeout_s: float = 5.0
     max_images_per_prompt: int = 4
     max_image_bytes: int = 20 * MiB
+    max_videos_per_prompt: int = 1  # video_url parts; 0 refuses videos
+    max_video_bytes: int = 50 * MiB
     max_image_pixels: int = 50_000_000
     max_queue: int = 128  # requests waiting for the model; more are refused with 429
     max_batch_size: int = 16
@@ -32,10 +34,13 @@ class ServeConfig:
                      "default_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_videos_per_prompt < 0 or self.max_video_bytes < 1:
+            raise ValueError("need max_videos_per_prompt >= 0 and max_video_bytes >= 1")
         if self.batch_wait_s < 0 or self.remote_timeout_s <= 0:
             raise ValueError("need batch_wait_s >= 0 and remote_timeout_s > 0")
 
     @property
     def max_request_bytes(self) -> int:
-        """A request body limit that still fits the allowed images as base64 data URLs, plus the text."""
-        return self.max_images_per_prompt * (self.max_image_bytes * 4 // 3 + 1024) + 8 * MiB
+        """A request body limit that still fits the allowed images and videos as base64 data URLs, plus the text."""
+        return (self.max_images_per_prompt * (self.max_image_bytes * 4 // 3 + 1024)
+                + self.max_videos_per_prompt * (self.max_video_bytes * 4 // 3 + 1024) + 8 * MiB)

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 
-from minillava.data.conversation import IMAGE_PLACEHOLDER, Conversation, ImageSource, Turn
+from minillava.data.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Conversation, ImageSource, Turn
 from minillava.model.sampling import GenerationConfig
 from minillava.serve.errors import bad_request
-from minillava.serve.schemas import ChatCompletionRequest, ImagePart, Message
+from minillava.serve.schemas import ChatCompletionRequest, ImagePart, Message, VideoPart
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (dividing logits by ~0 would overflow)
 
-ImageReader = Callable[[str, str], ImageSource]  # (url, param) -> image
+MediaReader = Callable[[str, str], ImageSource]  # (url, param) -> an image, or a Video
 
 
-def count_images(messages: Sequence[Message]) -> int:
-    return sum(isinstance(part, ImagePart) for m in messages if isinstance(m.content, list) for part in m.content)
+def count_parts(messages: Sequence[Message], kind: type) -> int:
+    return sum(isinstance(part, kind) for m in messages if isinstance(m.content, list) for part in m.content)
 
 
-def to_conversation(messages: Sequence[Message], read_image: ImageReader, max_images: int) -> Conversation:
-    """Each image part becomes an `<image>` marker where it stands; text parts are joined by newlines."""
-    count = count_images(messages)
-    if count > max_images:
-        raise bad_request(f"{count} images in the request; this server allows at most {max_images} per prompt",
-                          "too_many_images", "messages")
+def to_conversation(messages: Sequence[Message], read_image: MediaReader, max_images: int,
+                    read_video: MediaReader | None = None, max_videos: int = 0) -> Conversation:
+    """Each image or video part becomes an `<image>` marker where it stands; text parts are joined by newlines."""
+    for kind, noun, limit in ((ImagePart, "image", max_images), (VideoPart, "video", max_videos)):
+        count = count_parts(messages, kind)
+        if count > limit:
+            raise bad_request(f"{count} {noun}s in the request; this server allows at most {limit} per prompt",
+                              f"too_many_{noun}s", "messages")
     turns: list[Turn] = []
     images: list[ImageSource] = []
     for i, message in enumerate(messages):
@@ -39,11 +41,14 @@ def to_conversation(messages: Sequence[Message], read_image: ImageReader, max_im
         else:
             pieces = []
             for j, part in enumerate(message.content):
-                if isinstance(part, ImagePart):
+                if isinstance(part, ImagePart | VideoPart):
                     if role != "user":
-                        raise bad_request(f"{where}.{j}: images are only allowed in user messages", "invalid_value",
-                                          f"{where}.{j}")
-                    images.append(read_image(part.image_url.url, f"{where}.{j}.image_url.url"))
+                        raise bad_request(f"{where}.{j}: images and videos are only allowed in user messages",
+                                          "invalid_value", f"{where}.{j}")
+                    if isinstance(part, ImagePart):
+                        images.append(read_image(part.image_url.url, f"{where}.{j}.image_url.url"))
+                    else:
+                        images.append(read_video(part.video_url.url, f"{where}.{j}.video_url.url"))
                     pieces.append(IMAGE_PLACEHOLDER)
                 else:
                     pieces.append(_checked_text(part.text, f"{where}.{j}.text"))
@@ -53,9 +58,10 @@ def to_conversation(messages: Sequence[Message], read_image: ImageReader, max_im
 
 
 def _checked_text(text: str, where: str) -> str:
-    if IMAGE_PLACEHOLDER in text:
-        raise bad_request(f"{where}: the text holds {IMAGE_PLACEHOLDER!r}; send images as image_url parts, the "
-                          "server places them", "invalid_value", where)
+    for marker in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
+        if marker in text:
+            raise bad_request(f"{where}: the text holds {marker!r}; send images and videos as image_url and "
+                              "video_url parts, the server places them", "invalid_value", where)
     return text
 
 

@@ -1,4 +1,4 @@
-"""Image URLs of a request -> encoded image bytes, within the server's limits.
+"""Image and video URLs of a request -> encoded bytes, within the server's limits.
 
 data: URLs always; file:// URLs and plain paths only below --allowed-local-media-path (symlinks and `..`
 resolved first); http(s) only with --allow-remote-images, with a byte limit and a total time limit.
@@ -21,24 +21,32 @@ from minillava.serve.config import ServeConfig
 from minillava.serve.errors import APIError, bad_request
 
 
-def too_large(message: str, param: str) -> APIError:
-    return APIError(413, message, "image_too_large", param)
+def too_large(message: str, param: str, kind: str = "image") -> APIError:
+    return APIError(413, message, f"{kind}_too_large", param)
 
 
 def read_image_url(url: str, config: ServeConfig, param: str) -> bytes:
     """The encoded image an image_url part points to; `param` names the part in error messages."""
-    scheme = urlparse(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
-    if scheme == "data":
-        data = _read_data_url(url, config.max_image_bytes, param)
-    elif scheme in ("http", "https"):
-        data = _read_remote(url, config, param)
-    elif scheme in ("file", ""):
-        data = _read_local(url, config, param)
-    else:
-        raise bad_request(f"{param}: unsupported image URL scheme {scheme!r} (use data:, http(s): or file:)",
-                          "invalid_image_url", param)
+    data = _read_url(url, config, param, "image", config.max_image_bytes)
     check_image_size(data, config.max_image_pixels, param)
     return data
+
+
+def read_video_url(url: str, config: ServeConfig, param: str) -> bytes:
+    """The encoded video a video_url part points to (its frames are checked when the request is planned)."""
+    return _read_url(url, config, param, "video", config.max_video_bytes)
+
+
+def _read_url(url: str, config: ServeConfig, param: str, kind: str, limit: int) -> bytes:
+    scheme = urlparse(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
+    if scheme == "data":
+        return _read_data_url(url, limit, param, kind)
+    if scheme in ("http", "https"):
+        return _read_remote(url, config, param, kind, limit)
+    if scheme in ("file", ""):
+        return _read_local(url, config, param, kind, limit)
+    raise bad_request(f"{param}: unsupported {kind} URL scheme {scheme!r} (use data:, http(s): or file:)",
+                      f"invalid_{kind}_url", param)
 
 
 def check_image_size(data: bytes, max_pixels: int, param: str) -> None:
@@ -56,35 +64,36 @@ def check_image_size(data: bytes, max_pixels: int, param: str) -> None:
         raise too_large(f"{param}: {width} x {height} pixels is over the limit of {max_pixels}", param)
 
 
-def _read_data_url(url: str, limit: int, param: str) -> bytes:
+def _read_data_url(url: str, limit: int, param: str, kind: str) -> bytes:
     header, comma, payload = url.partition(",")
+    example = "data:image/png;base64,<data>" if kind == "image" else "data:video/mp4;base64,<data>"
     if not comma or not header.endswith(";base64"):
-        raise bad_request(f"{param}: a data URL must look like data:image/png;base64,<data>", "invalid_image_url",
-                          param)
+        raise bad_request(f"{param}: a data URL must look like {example}", f"invalid_{kind}_url", param)
     mime = header[len("data:"):-len(";base64")]
-    if mime and not mime.lower().startswith("image/"):
-        raise bad_request(f"{param}: the data URL holds {mime!r}, not an image", "invalid_image_url", param)
+    if mime and not mime.lower().startswith(f"{kind}/"):
+        raise bad_request(f"{param}: the data URL holds {mime!r}, not {'an' if kind == 'image' else 'a'} {kind}",
+                          f"invalid_{kind}_url", param)
     payload = "".join(payload.split())  # some encoders wrap lines
     if len(payload) // 4 * 3 > limit + 2:  # refuse before decoding
-        raise too_large(f"{param}: the image is over the limit of {limit} bytes", param)
+        raise too_large(f"{param}: the {kind} is over the limit of {limit} bytes", param, kind)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request(f"{param}: the data URL is not valid base64", "invalid_image_url", param) from None
+        raise bad_request(f"{param}: the data URL is not valid base64", f"invalid_{kind}_url", param) from None
     if len(data) > limit:
-        raise too_large(f"{param}: the image is {len(data)} bytes, over the limit of {limit}", param)
+        raise too_large(f"{param}: the {kind} is {len(data)} bytes, over the limit of {limit}", param, kind)
     return data
 
 
-def _read_local(url: str, config: ServeConfig, param: str) -> bytes:
+def _read_local(url: str, config: ServeConfig, param: str, kind: str, limit: int) -> bytes:
     root = config.allowed_local_media_path
     if root is None:
-        raise bad_request(f"{param}: local image files are not allowed (the server was started without "
-                          "--allowed-local-media-path)", "local_images_not_allowed", param)
+        raise bad_request(f"{param}: local {kind} files are not allowed (the server was started without "
+                          "--allowed-local-media-path)", f"local_{kind}s_not_allowed", param)
     if url.lower().startswith("file:"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
-            raise bad_request(f"{param}: file URLs must name a file on this host", "invalid_image_url", param)
+            raise bad_request(f"{param}: file URLs must name a file on this host", f"invalid_{kind}_url", param)
         name = url2pathname(parsed.path)
     else:
         name = url
@@ -94,47 +103,47 @@ def _read_local(url: str, config: ServeConfig, param: str) -> bytes:
         inside = path.is_relative_to(root)
         is_file = inside and path.is_file()
     except (OSError, ValueError, RuntimeError):  # embedded NUL, symlink loop, name too long
-        raise bad_request(f"{param}: not a usable file path", "invalid_image_url", param) from None
+        raise bad_request(f"{param}: not a usable file path", f"invalid_{kind}_url", param) from None
     if not inside:
-        raise bad_request(f"{param}: {url!r} is outside the allowed local media folder", "image_path_not_allowed",
+        raise bad_request(f"{param}: {url!r} is outside the allowed local media folder", f"{kind}_path_not_allowed",
                           param)
     if not is_file:
-        raise bad_request(f"{param}: {url!r}: no such file", "image_not_found", param)
+        raise bad_request(f"{param}: {url!r}: no such file", f"{kind}_not_found", param)
     try:
         with open(path, "rb") as file:
-            data = file.read(config.max_image_bytes + 1)
+            data = file.read(limit + 1)
     except OSError as err:
-        raise bad_request(f"{param}: cannot read {url!r}: {err.strerror}", "invalid_image", param) from None
-    if len(data) > config.max_image_bytes:
-        raise too_large(f"{param}: the file is over the limit of {config.max_image_bytes} bytes", param)
+        raise bad_request(f"{param}: cannot read {url!r}: {err.strerror}", f"invalid_{kind}", param) from None
+    if len(data) > limit:
+        raise too_large(f"{param}: the file is over the limit of {limit} bytes", param, kind)
     return data
 
 
-def _read_remote(url: str, config: ServeConfig, param: str) -> bytes:
+def _read_remote(url: str, config: ServeConfig, param: str, kind: str, limit: int) -> bytes:
     if not config.allow_remote_images:
-        raise bad_request(f"{param}: remote image URLs are not allowed (the server was started without "
-                          "--allow-remote-images)", "remote_images_not_allowed", param)
-    limit, timeout = config.max_image_bytes, config.remote_timeout_s
+        raise bad_request(f"{param}: remote {kind} URLs are not allowed (the server was started without "
+                          "--allow-remote-images)", f"remote_{kind}s_not_allowed", param)
+    timeout = config.remote_timeout_s
     deadline = time.monotonic() + timeout
     try:
         with httpx.Client(timeout=timeout, follow_redirects=True, max_redirects=3) as client, \
                 client.stream("GET", url) as response:
             if response.status_code != 200:
-                raise bad_request(f"{param}: fetching {url} gave HTTP {response.status_code}", "image_fetch_failed",
+                raise bad_request(f"{param}: fetching {url} gave HTTP {response.status_code}", f"{kind}_fetch_failed",
                                   param)
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
-                raise too_large(f"{param}: {url} is {declared} bytes, over the limit of {limit}", param)
+                raise too_large(f"{param}: {url} is {declared} bytes, over the limit of {limit}", param, kind)
             data = bytearray()
             for chunk in response.iter_bytes():
                 data += chunk
                 if len(data) > limit:
-                    raise too_large(f"{param}: {url} is over the limit of {limit} bytes", param)
+                    raise too_large(f"{param}: {url} is over the limit of {limit} bytes", param, kind)
                 if time.monotonic() > deadline:  # a server that trickles bytes still ends at the deadline
                     raise httpx.ReadTimeout("total time limit")
     except httpx.TimeoutException:
-        raise bad_request(f"{param}: fetching {url} took longer than {timeout:g} s", "image_fetch_timeout",
+        raise bad_request(f"{param}: fetching {url} took longer than {timeout:g} s", f"{kind}_fetch_timeout",
                           param) from None
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as err:
-        raise bad_request(f"{param}: cannot fetch {url}: {err}", "image_fetch_failed", param) from None
+        raise bad_request(f"{param}: cannot fetch {url}: {err}", f"{kind}_fetch_failed", param) from None
     return bytes(data)

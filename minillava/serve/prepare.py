@@ -9,15 +9,16 @@ from dataclasses import replace
 import jinja2
 import torch
 
-from minillava.data.conversation import SampleError
+from minillava.data.conversation import SampleError, Video
 from minillava.data.image_plan import ImagePlan
 from minillava.data.images import ImageError
 from minillava.data.tokenize import TemplateError
+from minillava.data.video import TooManyFrames
 from minillava.serve.batcher import Event, Job
 from minillava.serve.config import ServeConfig
 from minillava.serve.convert import batch_key, to_conversation, to_generation_config
 from minillava.serve.errors import bad_request
-from minillava.serve.media import read_image_url
+from minillava.serve.media import read_image_url, read_video_url
 from minillava.serve.schemas import ChatCompletionRequest
 
 
@@ -47,7 +48,16 @@ class JobBuilder:
             params.append(param)
             return read_image_url(url, self.config, param)
 
-        conversation = to_conversation(request.messages, read, self.config.max_images_per_prompt)
+        video_io = request.media_io_kwargs.video if request.media_io_kwargs else None
+        frames = video_io.num_frames if video_io else None
+
+        def read_video(url: str, param: str) -> Video:
+            params.append(param)
+            return Video(read_video_url(url, self.config, param), frames)
+
+        conversation = to_conversation(request.messages, read, self.config.max_images_per_prompt, read_video,
+                                       self.config.max_videos_per_prompt)
+        self._check_plans(conversation.images, params)
         with self._tokenizer_lock:
             try:
                 sample = self.model.encoder.encode(conversation, add_generation_prompt=True)
@@ -59,6 +69,17 @@ class JobBuilder:
         generation = replace(generation, max_new_tokens=max_new_tokens)
         return Job(sample.input_ids, pixels, generation, batch_key(generation, object()), deliver,
                    image_plans=sample.image_plans)
+
+    def _check_plans(self, images: list, params: list[str]) -> None:
+        """Each image's and video's plan, read from its header: a video that does not open or asks for more frames
+        than the model takes is the client's error, named by its part."""
+        for image, param in zip(images, params, strict=True):
+            try:
+                self.model.encoder.plan_image(image)
+            except ImageError as err:
+                kind = "video" if isinstance(image, Video) else "image"
+                where = "media_io_kwargs.video.num_frames" if isinstance(err, TooManyFrames) else param
+                raise bad_request(f"{param}: {err}", f"invalid_{kind}", where) from None
 
     def _max_new_tokens(self, request: ChatCompletionRequest, prompt_tokens: int) -> int:
         room = self.max_model_len - prompt_tokens
@@ -81,5 +102,6 @@ class JobBuilder:
             try:
                 tensors.append(self.model.pixel_values([image], [plan]))
             except ImageError as err:
-                raise bad_request(f"{param}: {err}", "invalid_image", param) from None
+                kind = "video" if isinstance(image, Video) else "image"
+                raise bad_request(f"{param}: {err}", f"invalid_{kind}", param) from None
         return torch.cat(tensors)

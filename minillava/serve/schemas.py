@@ -24,8 +24,18 @@ class ImagePart(BaseModel):
     image_url: ImageURL
 
 
+class VideoURL(BaseModel):
+    url: str = Field(min_length=1, description="a data: URL (video/mp4, ...), an http(s) URL, or a file:// URL / "
+                                               "path on the server")
+
+
+class VideoPart(BaseModel):
+    type: Literal["video_url"]  # vLLM's extension
+    video_url: VideoURL
+
+
 StopString = Annotated[str, Field(max_length=256)]
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 
 
 class Message(BaseModel):
@@ -38,6 +48,18 @@ class Message(BaseModel):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class VideoIO(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_frames: int | None = Field(None, ge=1, description="frames sampled from each video; default: the model's")
+
+
+class MediaIO(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    video: VideoIO | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -60,6 +82,7 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="only 0 is served")
     frequency_penalty: float = Field(0.0, ge=-2, le=2, description="only 0 is served")
     logprobs: bool = Field(False, description="only false is served")
+    media_io_kwargs: MediaIO | None = Field(None, description="vLLM's extension: {'video': {'num_frames': N}}")
 
 
 # -- responses --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The web UI (a Streamlit script, started by `minillava ui`): drop an image, ask, watch the reply stream."""
+"""The web UI (a Streamlit script, started by `minillava ui`): drop images or a video, ask, watch the reply stream."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import streamlit as st
 from minillava.serve.backends import BackendError, LocalChat, RemoteChat, Settings
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
+VIDEO_TYPES = ["mp4", "webm", "mov", "mkv", "avi", "m4v"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,29 +47,41 @@ def sidebar(args: argparse.Namespace) -> tuple[LocalChat | RemoteChat, Settings,
         system = st.text_area("System message", "", height=80)
         if st.button("New chat", icon=":material/refresh:"):
             st.session_state.history = []
-            st.session_state.uploads += 1  # a fresh uploader: the old image is not sent again
+            st.session_state.uploads += 1  # a fresh uploader: the old files are not sent again
             st.rerun()
     return backend, settings, system
 
 
+def media_part(data: bytes, mime: str) -> dict:
+    """An image_url part, or a video_url part for a video/* file, inline as a data URL."""
+    kind = "video_url" if mime.startswith("video/") else "image_url"
+    return {"type": kind, kind: {"url": f"data:{mime};base64,{base64.b64encode(data).decode()}"}}
+
+
 def to_messages(history: list[dict], system: str) -> list[dict]:
-    """The chat so far in the OpenAI format, images inline as data URLs."""
+    """The chat so far in the OpenAI format, a turn's images and videos first, inline as data URLs."""
     messages = [{"role": "system", "content": system}] if system.strip() else []
     for turn in history:
-        if turn.get("image"):
-            data, mime = turn["image"]
-            url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-            content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": turn["text"]}]
-            messages.append({"role": turn["role"], "content": content})
+        if turn.get("media"):
+            content = [media_part(data, mime) for data, mime in turn["media"]]
+            messages.append({"role": turn["role"], "content": [*content, {"type": "text", "text": turn["text"]}]})
         else:
             messages.append({"role": turn["role"], "content": turn["text"]})
     return messages
 
 
+def show_media(media: list[tuple[bytes, str]], width: int) -> None:
+    images = [data for data, mime in media if not mime.startswith("video/")]
+    if images:
+        st.image(images, width=width)
+    for data, mime in media:
+        if mime.startswith("video/"):
+            st.video(data, format=mime)
+
+
 def show(turn: dict) -> None:
     with st.chat_message(turn["role"]):
-        if turn.get("image"):
-            st.image(turn["image"][0], width=200)
+        show_media(turn.get("media") or [], 200)
         st.markdown(turn["text"])
         if turn.get("caption"):
             st.caption(turn["caption"])
@@ -82,20 +95,24 @@ def main() -> None:
     state.setdefault("uploads", 0)
     backend, settings, system = sidebar(parse_args())
     st.title("minillava")
-    upload = st.file_uploader("Image", type=IMAGE_TYPES, key=f"upload-{state.uploads}",
-                              help="drop an image here; it goes with your next message")
-    fresh = upload is not None and upload.file_id not in state.sent
+    uploads = st.file_uploader("Images or a video", type=IMAGE_TYPES + VIDEO_TYPES, accept_multiple_files=True,
+                               key=f"upload-{state.uploads}",
+                               help="drop images (several are asked about together) or a video here; they go with "
+                                    "your next message")
+    fresh = [upload for upload in uploads or [] if upload.file_id not in state.sent]
     preview = st.empty()
     if fresh:
-        preview.image(upload.getvalue(), width=240, caption="goes with your next message")
+        with preview.container():
+            st.caption("goes with your next message")
+            show_media([(upload.getvalue(), upload.type) for upload in fresh], 160)
     for turn in state.history:
         show(turn)
-    prompt = st.chat_input("Ask about the image")
+    prompt = st.chat_input("Ask about the images")
     if not prompt:
         return
-    user = {"role": "user", "text": prompt, "image": (upload.getvalue(), upload.type) if fresh else None}
+    user = {"role": "user", "text": prompt, "media": [(upload.getvalue(), upload.type) for upload in fresh]}
     state.history.append(user)
-    preview.empty()  # the image now shows in the message it went with
+    preview.empty()  # the files now show in the message they went with
     show(user)
     with st.chat_message("assistant"):
         try:
@@ -107,8 +124,7 @@ def main() -> None:
             return
         caption = reply.summary()
         st.caption(caption)
-    if fresh:
-        state.sent.add(upload.file_id)
+    state.sent.update(upload.file_id for upload in fresh)
     state.history.append({"role": "assistant", "text": reply.text, "caption": caption})
 
 
