@@ -99,7 +99,7 @@ def ui(server, tmp_path):
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs chromium and chromedriver (Debian: apt-get "
                                                              "install chromium chromium-driver)")
-def test_upload_ask_and_see_the_streamed_reply(ui, model, images, tmp_path):
+def test_upload_two_images_ask_and_see_the_streamed_reply(ui, model, images, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -107,8 +107,9 @@ def test_upload_ask_and_see_the_streamed_reply(ui, model, images, tmp_path):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    image = tmp_path / "red.png"
-    images[0].save(image)
+    paths = [tmp_path / "red.png", tmp_path / "other.png"]
+    images[0].save(paths[0])
+    images[2].save(paths[1])
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
@@ -119,8 +120,8 @@ def test_upload_ask_and_see_the_streamed_reply(ui, model, images, tmp_path):
         wait = WebDriverWait(driver, 60)
         driver.get(ui)
         upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
-        upload.send_keys(str(image))  # what a drop on the zone does
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "[data-testid=stImage] img")))
+        upload.send_keys("\n".join(str(path) for path in paths))  # what dropping both files on the zone does
+        wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")) == 2)
         box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=stChatInputTextArea]")))
         box.send_keys("What colour is it?", Keys.ENTER)
 
@@ -131,8 +132,8 @@ def test_upload_ask_and_see_the_streamed_reply(ui, model, images, tmp_path):
         question, answer = wait.until(finished_reply)
         driver.save_screenshot(str(tmp_path / "ui.png"))
         assert "What colour is it?" in question.text
-        assert question.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")  # the image went with it
-        expected = model.generate([build_prompt("What colour is it?", [images[0]])],
+        assert len(question.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")) == 2  # both went with it
+        expected = model.generate([build_prompt("What colour is it?", [images[0], images[2]])],
                                   GenerationConfig(max_new_tokens=128))[0]  # the UI's default settings
         shown = answer.find_element(By.CSS_SELECTOR, "[data-testid=stMarkdownContainer]").text
         assert words(shown)[:12] == words(expected.text)[:12]
