@@ -251,10 +251,11 @@ def _boxes_apart(a: PlacedShape, b: PlacedShape, gap: int) -> bool:
     return abs(a.x - b.x) >= a.radius + b.radius + gap or abs(a.y - b.y) >= a.radius + b.radius + gap
 
 
-def _try_place(
+def place_shapes(
     rng: random.Random, specs: list[tuple[str, str, str, int]], image_size: int, tries: int = 200,
     window: float = 1.0
 ) -> tuple[PlacedShape, ...] | None:
+    """(shape, color, size, radius) specs placed at random inside the image, boxes apart; None if they do not fit."""
     margin = max(1, image_size // 50)
     side = round(window * image_size)
     left, top = rng.randint(0, image_size - side), rng.randint(0, image_size - side)
@@ -288,15 +289,16 @@ def sample_scene(rng: random.Random, image_size: int, drawing: str = "plain") ->
             size = rng.choice(list(style.sizes))
             lo, hi = style.sizes[size]
             specs.append((shape, color, size, max(3, round(rng.uniform(lo, hi) * image_size))))
-        shapes = _try_place(rng, specs, image_size, window=style.window)
+        shapes = place_shapes(rng, specs, image_size, window=style.window)
         if shapes is not None:
             if style.jitter or style.rotation:
-                shapes = tuple(_varied(s, rng, style) for s in shapes)
+                shapes = tuple(vary_look(s, rng, style) for s in shapes)
             return Scene(image_size, background, shapes, drawing, rng.randrange(2**31))
     raise RuntimeError(f"could not place shapes in a {image_size}px image; use a larger image_size")
 
 
-def _varied(s: PlacedShape, rng: random.Random, style: Drawing) -> PlacedShape:
+def vary_look(s: PlacedShape, rng: random.Random, style: Drawing) -> PlacedShape:
+    """The shape with its colour jittered and turned, as the drawing style allows."""
     fill = tuple(min(255, max(0, c + rng.randint(-style.jitter, style.jitter))) for c in COLORS[s.color])
     return replace(s, fill=fill, rotation=round(rng.uniform(-style.rotation, style.rotation), 1))
 
