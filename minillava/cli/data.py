@@ -51,6 +51,28 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     fashion.add_argument("--root", default=None, help="folder of the *-ubyte.gz files "
                          "(default: /usr/share/datasets/fashion-mnist)")
     fashion.set_defaults(run=run_synth_fashion)
+    small = kinds.add_parser("small-objects", help="small shapes on a large canvas, asked about by colour: train "
+                             "and held-out splits where one downscaled view loses the shape and AnyRes tiles keep it")
+    small.add_argument("--out", required=True)
+    small.add_argument("--n", type=int, default=1000, help="training images")
+    small.add_argument("--n-held-out", type=int, default=200, help="held-out images")
+    small.add_argument("--seed", type=int, default=0)
+    small.add_argument("--image-size", type=int, default=256, help="side of the canvas")
+    small.add_argument("--max-objects", type=int, default=3, help="objects per scene: 1 to this many")
+    small.add_argument("--no-short-answer-suffix", action="store_true",
+                       help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
+    small.set_defaults(run=run_synth_small_objects)
+    motion = kinds.add_parser("motion", help="short videos of a moving shape and one that may appear, with "
+                              "questions no single frame answers (direction, what appears)")
+    motion.add_argument("--out", required=True)
+    motion.add_argument("--n", type=int, default=200, help="number of clips")
+    motion.add_argument("--seed", type=int, default=0)
+    motion.add_argument("--image-size", type=int, default=64, help="side of the frames (even)")
+    motion.add_argument("--frames", type=int, default=16, help="frames per clip")
+    motion.add_argument("--as-frames", action="store_true", help="write each clip as a folder of PNG frames, not MP4")
+    motion.add_argument("--no-short-answer-suffix", action="store_true",
+                        help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
+    motion.set_defaults(run=run_synth_motion)
     photos = kinds.add_parser("photos", help="the sample photos of scikit-image, scikit-learn and matplotlib "
                               "with captions and questions")
     photos.add_argument("--out", required=True)
@@ -82,6 +104,16 @@ def run_synth_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_synth_motion(args: argparse.Namespace) -> int:
+    from minillava.data.motion import synthesize_motion
+
+    path = synthesize_motion(args.out, args.n, seed=args.seed, image_size=args.image_size, frames=args.frames,
+                             as_frames=args.as_frames, short_answer_suffix=not args.no_short_answer_suffix,
+                             show_progress=True)
+    print(f"wrote {path}")
+    return 0
+
+
 def run_synth_fashion(args: argparse.Namespace) -> int:
     from minillava.data.fashion import FASHION_DIR, synthesize_fashion
 
@@ -89,6 +121,16 @@ def run_synth_fashion(args: argparse.Namespace) -> int:
                               root=args.root or FASHION_DIR, show_progress=True,
                               short_answer_suffix=not args.no_short_answer_suffix)
     print(f"wrote {path}")
+    return 0
+
+
+def run_synth_small_objects(args: argparse.Namespace) -> int:
+    from minillava.data.small_objects import SPLITS, synthesize_small_objects
+
+    path = synthesize_small_objects(args.out, args.n, args.n_held_out, seed=args.seed, image_size=args.image_size,
+                                    max_objects=args.max_objects, show_progress=True,
+                                    short_answer_suffix=not args.no_short_answer_suffix)
+    print(f"wrote {path} and {path.parent / SPLITS['held-out']}")
     return 0
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..registry import Registry
-from .conversation import IMAGE_PLACEHOLDER, Conversation, Role, SampleError, Turn
+from .conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Conversation, Role, SampleError, Turn, Video
 
 # A format turns one JSON object into a Conversation whose images are still the raw path strings;
-# parse_record does the checks shared by all formats (paths, placeholders, replies).
+# parse_record does the checks shared by all formats (videos, paths, placeholders, replies).
 FormatParser = Callable[[dict[str, Any]], Conversation]
 FORMATS: Registry[FormatParser] = Registry("data format")
 register_format = FORMATS.register
@@ -153,9 +154,13 @@ def _parse(record: Any, fmt: str, image_root: Path, conv_id: str) -> Conversatio
         raise SampleError(f"record is not a JSON object (got {_kind(record)})")
     name = detect_format(record) if fmt == "auto" else fmt
     conv = FORMATS.get(name)(record)
+    videos = _image_names(record, "videos" if "videos" in record else "video")
+    if videos or any(VIDEO_PLACEHOLDER in turn.content for turn in conv.turns):
+        _place_videos(conv, videos)
     _check_turns(conv)
     _check_placeholders(conv)
-    conv.images = [_resolve_image(image, image_root) for image in conv.images]
+    conv.images = [Video(_resolve_image(media.source, image_root)) if isinstance(media, Video)
+                   else _resolve_image(media, image_root) for media in conv.images]
     conv.id = conv_id
     return conv
 
@@ -170,6 +175,38 @@ def _check_turns(conv: Conversation) -> None:
     for turn in conv.turns:
         if turn.role != "user" and IMAGE_PLACEHOLDER in turn.content:
             raise SampleError(f"{IMAGE_PLACEHOLDER} in {turn.role} text; images belong in user turns")
+
+
+_MEDIA_MARKERS = re.compile(f"{re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)}")
+
+
+def _place_videos(conv: Conversation, videos: list[str]) -> None:
+    """Merge a record's videos (`video` or `videos`) into its images in marker order, each `<video>` becoming an
+    `<image>` marker that stands for a video. Without `<video>` markers a sample of videos only uses `<image>`
+    for them, as LLaVA-Video's data does."""
+    for turn in conv.turns:
+        if turn.role != "user" and VIDEO_PLACEHOLDER in turn.content:
+            raise SampleError(f"{VIDEO_PLACEHOLDER} in {turn.role} text; videos belong in user turns")
+    images = list(conv.images)
+    markers = [m.group(0) for turn in conv.turns for m in _MEDIA_MARKERS.finditer(turn.content)]
+    if VIDEO_PLACEHOLDER not in markers:
+        if images:
+            raise SampleError(f"a sample with both images and videos marks each video with {VIDEO_PLACEHOLDER} "
+                              f"and each image with {IMAGE_PLACEHOLDER}")
+        markers = [VIDEO_PLACEHOLDER if m == IMAGE_PLACEHOLDER else m for m in markers]
+    wanted = markers.count(VIDEO_PLACEHOLDER)
+    if wanted != len(videos):
+        raise SampleError(f"{_count(wanted, 'video placeholder')} but {_count(len(videos), 'video')}; write one "
+                          f"{VIDEO_PLACEHOLDER} per video, in the order the videos are listed")
+    media, images_left, videos_left = [], iter(images), iter(videos)
+    for marker in markers:
+        if marker == VIDEO_PLACEHOLDER:
+            media.append(Video(next(videos_left)))
+        else:
+            media.append(next(images_left, None))
+    conv.images = [m for m in media if m is not None] + list(images_left)  # surplus images: the count check says so
+    for turn in conv.turns:
+        turn.content = turn.content.replace(VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER)
 
 
 def _check_placeholders(conv: Conversation) -> None:
@@ -219,8 +256,8 @@ def parse_llava_pretrain(record: dict[str, Any]) -> Conversation:
     if [t.role for t in turns] != ["user", "assistant"]:
         got = ", ".join(t.role for t in turns)
         raise SampleError(f"llava-pretrain expects one human turn then one gpt turn (the caption), got: {got}")
-    # The plain template keeps only the images as the prompt: the instruction text is dropped.
-    prompt = IMAGE_PLACEHOLDER * turns[0].content.count(IMAGE_PLACEHOLDER)
+    # The plain template keeps only the images (and videos) as the prompt: the instruction text is dropped.
+    prompt = "".join(_MEDIA_MARKERS.findall(turns[0].content))
     return Conversation(
         turns=[Turn("user", prompt), Turn("assistant", turns[1].content)],
         images=_image_names(record, "image"),
@@ -320,6 +357,7 @@ def _read_turns(record: dict[str, Any], key: str, role_key: str, text_key: str, 
 
 
 def _image_names(record: dict[str, Any], key: str) -> list[str]:
+    """The paths under `key` (images or videos) as a list."""
     value = record.get(key)
     if value is None:
         return []
@@ -327,7 +365,7 @@ def _image_names(record: dict[str, Any], key: str) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise SampleError(f"{key!r} must be a path string or a list of path strings, got {_kind(value)}")
     if any(not n.strip() for n in names):
-        raise SampleError(f"{key!r} holds an empty image path")
+        raise SampleError(f"{key!r} holds an empty {'video' if key.startswith('video') else 'image'} path")
     return list(names)
 
 

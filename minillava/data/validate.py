@@ -8,27 +8,37 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .conversation import Conversation, SampleError
+from .conversation import Conversation, SampleError, Video
 from .formats import check_format_name, parse_record, read_records, record_id
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from .video import load_frames
+
+CHECKED_FRAMES = 8  # frames of each video decoded by the check (spread evenly, as training samples them)
 
 
 def check_images(
     conv: Conversation, max_pixels: int = DEFAULT_MAX_PIXELS, *, image_root: str | Path | None = None
 ) -> None:
-    """Open every image of `conv` fully; SampleError if one is missing, unreadable or too large.
+    """Open every image of `conv` fully and decode frames of every video; SampleError if one is missing,
+    unreadable or too large.
 
     `image_root` only shortens the paths shown in messages.
     """
     for number, image in enumerate(conv.images, start=1):
-        name = _display_name(image, number, image_root)
-        if isinstance(image, str | Path) and not Path(image).exists():
-            raise SampleError(f"image {name!r} not found", sample_id=conv.id)
+        video = isinstance(image, Video)
+        path = image.source if video else image
+        kind = "video" if video else "image"
+        name = _display_name(path, number, image_root)
+        if isinstance(path, str | Path) and not Path(path).exists():
+            raise SampleError(f"{kind} {name!r} not found", sample_id=conv.id)
         try:
-            load_image(image, max_pixels=max_pixels)
+            if video:
+                load_frames(image, image.frames or CHECKED_FRAMES, max_pixels=max_pixels)
+            else:
+                load_image(image, max_pixels=max_pixels)
         except ImageError as err:
-            detail = str(err).removeprefix(f"{image}: ")  # load_image names the full path; we show `name`
-            raise SampleError(f"image {name!r}: {detail}", sample_id=conv.id) from None
+            detail = str(err).removeprefix(f"{path}: ")  # the loaders name the full path; we show `name`
+            raise SampleError(f"{kind} {name!r}: {detail}", sample_id=conv.id) from None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Evaluation samples from a JSONL file or a JSON list.
 
 A sample: `id`, `image` (a path relative to the image root, or absolute; may be absent for text-only
-questions), `question`, `answers` (list) or `answer`, `choices` (multiple choice), optional `kind`; other keys
+questions) or `video` (a video file or a folder of frames, likewise), `question`, `answers` (list) or `answer`,
+`choices` (multiple choice), optional `kind`; other keys
 are kept and copied into the predictions. LLaVA-format records (`conversations`) also work: the first human
 turn is the question and the first gpt turn the answer, so a training data file doubles as evaluation data.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minillava.data.conversation import IMAGE_PLACEHOLDER
+from minillava.data.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from minillava.data.formats import InvalidLine, read_records
 
 _HUMAN, _GPT = ("human", "user"), ("gpt", "assistant")
@@ -21,7 +22,7 @@ def _from_conversations(record: dict) -> dict:
     human = next((t.get("value", "") for t in turns if t.get("from") in _HUMAN), "")
     gpt = next((t.get("value") for t in turns if t.get("from") in _GPT), None)
     sample = {k: v for k, v in record.items() if k != "conversations"}
-    sample.setdefault("question", human.replace(IMAGE_PLACEHOLDER, "").strip())
+    sample.setdefault("question", human.replace(IMAGE_PLACEHOLDER, "").replace(VIDEO_PLACEHOLDER, "").strip())
     if gpt is not None and "answer" not in sample and "answers" not in sample:
         sample["answer"] = gpt
     return sample
@@ -45,6 +46,16 @@ def normalize_sample(record: dict, index: int, image_root: Path | None) -> dict:
         image = str(path)
     if image is not None:
         sample["image"] = image
+    video = sample.get("video")
+    if video is not None:
+        if image is not None or not isinstance(video, str):
+            raise ValueError("a sample takes one image or one video, as a path string")
+        path = Path(video)
+        if not path.is_absolute() and image_root is not None:
+            path = image_root / path
+        if not path.exists():
+            raise ValueError(f"video {str(path)!r} not found (set --image-root to the folder the paths start from)")
+        sample["video"] = str(path)
     return sample
 
 

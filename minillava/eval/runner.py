@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from minillava.data.conversation import Video
 from minillava.eval.data import load_samples, normalize_sample
 from minillava.eval.ood import Detector
 from minillava.eval.tasks import TASKS, Task
@@ -83,7 +84,8 @@ def evaluate(model, task: str | Task, samples: list[dict], batch_size: int = 8, 
     try:
         for first in range(0, len(samples), batch_size):
             batch = samples[first : first + batch_size]
-            images = [[s["image"]] if s.get("image") is not None else [] for s in batch]
+            images = [[s["image"]] if s.get("image") is not None else [Video(s["video"])] if s.get("video") else []
+                      for s in batch]
             prompts = [build_prompt(task.prompt(s, post_prompt), imgs) for s, imgs in zip(batch, images, strict=True)]
             replies = model.generate(prompts, config)
             records = [_record(s, r.text.strip()) for s, r in zip(batch, replies, strict=True)]
@@ -108,7 +110,7 @@ def evaluate(model, task: str | Task, samples: list[dict], batch_size: int = 8, 
 
 
 def _add_ood(model, detector: Detector, batch: list[dict], records: list[dict], cache: dict[str, float]) -> None:
-    with_image = [i for i, s in enumerate(batch) if s.get("image") is not None]
+    with_image = [i for i, s in enumerate(batch) if s.get("image") is not None]  # videos get no score
     keys = [batch[i]["image"] if isinstance(batch[i]["image"], str) else None for i in with_image]
     todo = [i for i, key in zip(with_image, keys, strict=True) if key is None or key not in cache]
     fresh = dict(zip(todo, detector.score(model, [batch[i]["image"] for i in todo]), strict=True)) if todo else {}

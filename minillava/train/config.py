@@ -64,6 +64,7 @@ class DataSource:
     # sequential: a conversation is one causal sequence. independent: each question and its reply is an attention
     # block of its own over the shared image prefix, learned as if asked alone (data.tokenize.encode_independent).
     turns: str = "sequential"
+    video_frames: int | None = None  # frames sampled from each of its videos; None: the model's video.frames
 
 
 @dataclass
@@ -139,13 +140,15 @@ class ModelSpec:
     # AnyRes (LLaVA-NeXT) tiling: {grid_pinpoints: [[height, width], ...], image_newline: true, max_views: null};
     # None: one view per image
     anyres: dict | None = None
+    # How videos become tokens: {frames: 8, max_frames: 32, pool: 2}; None: those defaults
+    video: dict | None = None
 
     def options(self) -> dict:
         """The settings `MiniLlava.from_components` takes after the three component names."""
         return {"feature_layer": self.feature_layer, "select": self.select, "image_aspect": self.image_aspect,
                 "image_size": self.image_size, "position_channels": self.position_channels,
                 "color_cells": self.color_cells,
-                "chat_template": self.chat_template, "anyres": self.anyres_config()}
+                "chat_template": self.chat_template, "anyres": self.anyres_config(), "video": self.video_config()}
 
     def anyres_config(self):  # -> AnyResConfig | None; imported here, so reading a recipe stays light
         from minillava.model.config import AnyResConfig
@@ -157,6 +160,16 @@ class ModelSpec:
         except TypeError as error:
             raise ValueError(f"model.anyres {self.anyres}: {error}; keys: grid_pinpoints, image_newline, "
                              "max_views") from None
+
+    def video_config(self):  # -> VideoConfig | None
+        from minillava.model.config import VideoConfig
+
+        if self.video is None:
+            return None
+        try:
+            return VideoConfig(**self.video)
+        except TypeError as error:
+            raise ValueError(f"model.video {self.video}: {error}; keys: frames, max_frames, pool") from None
 
 
 @dataclass
@@ -198,6 +211,8 @@ class TrainConfig:
             for source in stage.data + stage.val_data:
                 if source.turns not in TURNS:
                     raise ValueError(f"{where}: {source.path}: turns {source.turns!r}; choose one of {TURNS}")
+                if source.video_frames is not None and source.video_frames < 1:
+                    raise ValueError(f"{where}: {source.path}: video_frames {source.video_frames}: at least 1")
             pref = stage.preference
             if pref.loss not in PREFERENCE_LOSSES:
                 raise ValueError(f"{where}: preference.loss {pref.loss!r}; choose one of {PREFERENCE_LOSSES}")

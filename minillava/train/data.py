@@ -5,17 +5,19 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from minillava.data.collate import Batch, LengthGroupedSampler, collate
-from minillava.data.conversation import SampleError
+from minillava.data.conversation import SampleError, Video
 from minillava.data.fashion import synthesize_fashion
 from minillava.data.formats import load_conversations
 from minillava.data.image_plan import ImagePlan
 from minillava.data.images import ImageError
+from minillava.data.motion import synthesize_motion
+from minillava.data.small_objects import synthesize_small_objects
 from minillava.data.synth import synthesize_shapes
 from minillava.data.tokenize import ConversationEncoder, EncodedPair, EncodedSample
 from minillava.train.config import DataSource
@@ -44,7 +46,8 @@ class SkipReport:
 
 
 # Generators a recipe's `synth:` can name; each writes its files into the data file's folder.
-GENERATORS: dict[str, Callable[..., Path]] = {"shapes": synthesize_shapes, "fashion": synthesize_fashion}
+GENERATORS: dict[str, Callable[..., Path]] = {"shapes": synthesize_shapes, "fashion": synthesize_fashion,
+                                              "small-objects": synthesize_small_objects, "motion": synthesize_motion}
 
 
 def ensure_synthetic(source: DataSource) -> None:
@@ -57,9 +60,10 @@ def ensure_synthetic(source: DataSource) -> None:
         raise ValueError(f"{source.path}: unknown synthetic data kind {kind!r}; known: {sorted(GENERATORS)}")
     GENERATORS[kind](Path(source.path).parent, show_progress=True, **options)
     if not Path(source.path).exists():
-        raise ValueError(f"{source.path}: the {kind} generator did not write this file (captions.json, "
-                         f"questions.json, conversations.json, all-questions.json and, with preferences: true, "
-                         f"preferences.json are what it writes)")
+        raise ValueError(f"{source.path}: the {kind} generator did not write this file (shapes and fashion write "
+                         f"captions.json, questions.json, conversations.json, all-questions.json and, with "
+                         f"preferences: true, preferences.json; small-objects writes train.json and held-out.json; "
+                         f"motion writes motion.json, captions.json and questions.json)")
 
 
 class TrainingSet:
@@ -80,6 +84,9 @@ class TrainingSet:
                 skips.add(error, "invalid record")
             indices = []
             for conversation in conversations:
+                if source.video_frames is not None:
+                    conversation.images = [replace(m, frames=source.video_frames) if isinstance(m, Video) else m
+                                           for m in conversation.images]
                 try:
                     sample = (encoder.encode_preference(conversation) if pairs else
                               encoder.encode(conversation, independent_turns=source.turns == "independent"))

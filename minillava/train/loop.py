@@ -18,6 +18,7 @@ import yaml
 from tqdm import tqdm
 
 from minillava.data.collate import Batch
+from minillava.data.conversation import Video
 from minillava.model import MiniLlava
 from minillava.model.language import set_attention
 from minillava.model.llava import ForwardOutput
@@ -317,9 +318,9 @@ class StageRun:
                        "class": type(vision).__name__, "weights": weights_digest(vision)}
         images = self.train_set.images() + (self.val_set.images() if self.val_set else [])
         plans = self.train_set.image_plans() + (self.val_set.image_plans() if self.val_set else [])
-        if any(plan.views != 1 for plan in plans):  # a cache row is one image's one view
+        if any(plan.views != 1 for plan in plans) or any(isinstance(image, Video) for image in images):
             raise ValueError(f"stage {self.stage.name!r}: the feature cache holds one view per image, and the image "
-                             "planner makes several for some images; set feature_cache: false")
+                             "planner makes several for some images (or frames of videos); set feature_cache: false")
         earlier = [self.dir.parent / stage.name / "feature-cache" for stage in self.config.stages[:self.index]]
         make = lambda writer: FeatureCache(self.dir / "feature-cache", images, fingerprint,  # noqa: E731
                                            (vision.num_tokens, vision.hidden_size), self.stage.feature_cache_dtype,
