@@ -1,7 +1,7 @@
 """Small objects on a large canvas: shape questions that one downscaled view cannot answer and AnyRes tiles can.
 
 Each scene is a canvas (256 px by default) with 1 to `max_objects` small shapes of distinct colours, 10-16 px
-across. Resized to a 64 px tower's single view they become 3-4 px blobs: the colour survives (it says where to
+across. Resized to a 64 px tower's single view they become 2.5-4 px blobs: the colour survives (it says where to
 look), the shape does not. AnyRes tiles see the canvas at full resolution, where the outline is plain. The
 questions ask for the shape of the object of a named colour, so the answer set is closed (SHAPES) and every
 answer follows from the scene. The train and held-out splits are drawn from separate seeds into separate images.
