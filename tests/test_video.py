@@ -29,6 +29,7 @@ from minillava.data.video import (
 )
 from minillava.model import GenerationConfig, MiniLlava, MiniLlavaConfig, VideoConfig, build_prompt
 from minillava.serve import BackgroundServer, ServeConfig, create_app
+from tests.test_serve import data_url, varied
 
 RED, BLUE = (220, 30, 30), (30, 70, 220)
 
@@ -66,11 +67,7 @@ def frame_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tiny_towers, tiny_llms) -> MiniLlava:
-    model = MiniLlava.from_components(tiny_towers["clip"], tiny_llms["llama"])
-    torch.manual_seed(0)
-    for weight in model.language_model.parameters():  # larger weights: replies differ by prompt and frames
-        torch.nn.init.normal_(weight, std=0.2)
-    return model.eval()
+    return varied(MiniLlava.from_components(tiny_towers["clip"], tiny_llms["llama"]))
 
 
 # -- decoding -------------------------------------------------------------------------------------------------
@@ -312,8 +309,6 @@ def test_the_api_refuses_bad_videos_with_a_4xx_naming_the_part(server, clip_file
 
 def test_two_images_in_one_turn_are_both_seen(server, model, images):
     def image_part(image):
-        from tests.test_serve import data_url
-
         return {"type": "image_url", "image_url": {"url": data_url(image)}}
 
     text = {"type": "text", "text": "Are these the same?"}

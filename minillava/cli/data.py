@@ -32,8 +32,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     shapes.add_argument("--drawing", default="varied", choices=["plain", "varied", "shifted"],
                         help="varied: jittered colours, turns, soft edges, 10+ wordings per question; plain: exact "
                              "colours and hard edges; shifted: drawn and worded unlike both (a robustness test set)")
-    shapes.add_argument("--no-short-answer-suffix", action="store_true",
-                        help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
+    add_short_answer_option(shapes)
     shapes.add_argument("--preferences", action="store_true",
                         help="also write preferences.json: a faithful reply preferred over a hallucinated one "
                              "(absent objects, wrong colours, wrong counts), for a dpo stage")
@@ -45,8 +44,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     fashion.add_argument("--n", type=int, default=None, help="number of images, balanced over the 10 classes "
                          "(default: the whole split, 60000 train or 10000 test)")
     fashion.add_argument("--seed", type=int, default=0)
-    fashion.add_argument("--no-short-answer-suffix", action="store_true",
-                         help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
+    add_short_answer_option(fashion)
     fashion.add_argument("--image-size", type=int, default=28, help="side of the written images (28: native)")
     fashion.add_argument("--root", default=None, help="folder of the *-ubyte.gz files "
                          "(default: /usr/share/datasets/fashion-mnist)")
@@ -59,8 +57,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     small.add_argument("--seed", type=int, default=0)
     small.add_argument("--image-size", type=int, default=256, help="side of the canvas")
     small.add_argument("--max-objects", type=int, default=3, help="objects per scene: 1 to this many")
-    small.add_argument("--no-short-answer-suffix", action="store_true",
-                       help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
+    add_short_answer_option(small)
     small.set_defaults(run=run_synth_small_objects)
     motion = kinds.add_parser("motion", help="short videos of a moving shape and one that may appear, with "
                               "questions no single frame answers (direction, what appears)")
@@ -70,13 +67,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     motion.add_argument("--image-size", type=int, default=64, help="side of the frames (even)")
     motion.add_argument("--frames", type=int, default=16, help="frames per clip")
     motion.add_argument("--as-frames", action="store_true", help="write each clip as a folder of PNG frames, not MP4")
-    motion.add_argument("--no-short-answer-suffix", action="store_true",
-                        help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
+    add_short_answer_option(motion)
     motion.set_defaults(run=run_synth_motion)
     photos = kinds.add_parser("photos", help="the sample photos of scikit-image, scikit-learn and matplotlib "
                               "with captions and questions")
     photos.add_argument("--out", required=True)
     photos.set_defaults(run=run_synth_photos)
+
+
+def add_short_answer_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-short-answer-suffix", action="store_true",
+                        help="leave LLaVA-1.5's 'Answer the question using a single word or phrase.' off")
 
 
 def run_check(args: argparse.Namespace) -> int:
