@@ -72,7 +72,8 @@ def media(tmp_path_factory, images):
 @pytest.fixture(scope="module")
 def server(model, media):
     config = ServeConfig(model_name="tiny", api_key=KEY, allowed_local_media_path=media, max_images_per_prompt=2,
-                         max_image_bytes=50_000, max_image_pixels=100_000, max_batch_size=8, batch_wait_s=0.02)
+                         max_image_bytes=50_000, max_image_pixels=100_000, max_videos_per_prompt=0,
+                         max_batch_size=8, batch_wait_s=0.02)
     with BackgroundServer(create_app(model, config)) as running:
         yield running
 

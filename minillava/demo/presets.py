@@ -29,7 +29,9 @@ for _preset in (
         "stages.align.data.0.synth.n=80", "stages.align.data.1.synth.n=100",
         "stages.align.batch_size=8", "stages.align.max_steps=8", "stages.align.eval_every=0",
         "stages.align.save_every=4",
-        "stages.instruct.batch_size=8", "stages.instruct.max_steps=12", "stages.instruct.eval_every=0",
+        # Stage 2 trains the whole LM on every question of an image at once: 26 s a step of 8 on 2 cores, so the
+        # quick preset takes 6 steps of the recipe's 4 (about 80 s instead of 315 s).
+        "stages.instruct.batch_size=4", "stages.instruct.max_steps=6", "stages.instruct.eval_every=0",
         "stages.instruct.save_every=0",  # end only: stage 2 checkpoints hold the whole language model
     ), eval_per_kind=4, shapes_test_images=12, fashion_test_images=10, shown=2, photo_questions=8,
        early_eval_per_kind=4),
