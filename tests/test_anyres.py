@@ -238,3 +238,13 @@ def test_folders_without_anyres_keep_the_format_older_minillava_reads(tiny_tower
     saved = json.loads((tmp_path / "plain" / "config.json").read_text())
     assert saved["version"] == 1 and "anyres" not in saved
     assert MiniLlava.from_pretrained(tmp_path / "plain").config.anyres is None
+
+
+def test_an_image_that_cannot_be_planned_is_the_samples_error(models, tmp_path):
+    from minillava.data.conversation import SampleError
+
+    (tmp_path / "text.png").write_text("not an image")
+    model = models["default"]
+    for name, reason in [("gone.png", "no such file"), ("text.png", "not an image")]:
+        with pytest.raises(SampleError, match=f"image 1 of 1: .*{name}: {reason}"):
+            model.encoder.encode(qa(tmp_path / name))  # AnyRes reads each image's header to plan its tiles
