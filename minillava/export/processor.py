@@ -54,9 +54,8 @@ def anyres_preprocessor_config(transform: ImageTransform, grid_pinpoints: list[l
     """A preprocessor_config.json for LlavaNextImageProcessor that cuts the views our AnyRes planner cuts.
 
     It resizes the whole image to the view size (the global view), fits the image into the best grid resolution
-    and pads it (with black: our planner pads with the mean colour, as the original LLaVA-NeXT does; images that
-    fill their grid resolution get identical pixels), cuts tiles of crop_size.height, then resizes each view to
-    `size`, which for views already at that size changes nothing.
+    and pads it with black, as our planner does, cuts tiles of crop_size.height, then resizes each view to `size`,
+    which for views already at that size changes nothing.
     """
     height, width = transform.size
     if height != width:
